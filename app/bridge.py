@@ -1,0 +1,67 @@
+"""The one bridge per worker between gevent (the WSGI side) and asyncio (where MetaGPT runs).
+
+NOTE: gunicorn's gevent worker monkey-patches before it imports the app, so the loop made here uses
+gevent's cooperative selector. The loop runs `run_forever` inside a greenlet on the worker's only OS
+thread: asyncio and the WSGI greenlets take turns on one hub, so asyncio code may hand values to gevent
+primitives (see `app.generation.Channel`) without locks. A per-request thread with `asyncio.run` (the
+original example) fails under gevent, and an OS thread with the stdlib selector hangs: both measured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import gevent
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class AsyncioBridge:
+    """Owns one asyncio loop; `submit` runs a coroutine there and returns a cancellable future."""
+
+    def __init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._greenlet: gevent.Greenlet | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._start()
+        assert self._loop is not None
+        return self._loop
+
+    def _start(self) -> None:
+        # Started on first use, never at import: a module import must not start loops.
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._greenlet = gevent.spawn(self._run, loop)
+        log.debug("asyncio bridge started with %s", type(loop._selector).__name__)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _run(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Schedule `coro` as a task; cancelling the returned future cancels the task."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def tasks(self) -> int:
+        """Tasks alive on the loop (for tests and metrics): 0 when no job is left behind."""
+        if self._loop is None:
+            return 0
+        return sum(1 for task in asyncio.all_tasks(self._loop) if not task.done())
+
+    def stop(self) -> None:
+        if self._loop is not None and self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._greenlet is not None:
+            self._greenlet.join(timeout=5)

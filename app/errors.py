@@ -1,0 +1,104 @@
+"""Typed API errors and the one place that turns any exception into an OpenAI error object."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Flask, Response, jsonify
+from werkzeug.exceptions import HTTPException
+
+log = logging.getLogger(__name__)
+
+
+class APIError(Exception):
+    """An error the client should see as `{"error": {...}}` with `status`."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = None
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequest(APIError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class NotFound(APIError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class UnsupportedMediaType(APIError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class UpstreamError(APIError):
+    """The upstream LLM failed (refused, errored, stalled, or answered nonsense)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class AgentError(APIError):
+    """The agent failed for a reason that is not the upstream's."""
+
+    status = 500
+    type = "server_error"
+    code = "agent_error"
+
+
+# Statuses werkzeug raises itself (routing, body limits) mapped to OpenAI-style types and codes.
+_HTTP_TYPES = {
+    400: ("invalid_request_error", "bad_request"),
+    404: ("invalid_request_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "request_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+
+def error_response(error: APIError) -> Response:
+    response = jsonify(error.body())
+    response.status_code = error.status
+    return response
+
+
+def register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(APIError)
+    def _api_error(error: APIError) -> Response:
+        return error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        type_, code = _HTTP_TYPES.get(status, ("server_error", None))
+        api_error = APIError(error.description or error.name, code=code)
+        api_error.status, api_error.type = status, type_
+        response = error_response(api_error)
+        if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:
+            response.headers["Allow"] = ", ".join(error.valid_methods)
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(error: Exception) -> Response:
+        log.exception("unhandled error")
+        return error_response(APIError("The server had an error while processing your request."))

@@ -1,0 +1,133 @@
+"""The LLM side of MetaGPT as the gateway runs it: configuration built once, one HTTP client per
+worker loop, and a provider that streams each token to its own request's sink.
+
+Imports metagpt: only import after `app.metagpt_env.prepare`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import openai
+from metagpt.config2 import Config
+from metagpt.configs.llm_config import LLMConfig
+from metagpt.const import USE_CONFIG_TIMEOUT
+from metagpt.context import Context
+from metagpt.provider.openai_api import OpenAILLM
+from metagpt.utils.cost_manager import CostManager
+from openai import AsyncOpenAI
+
+from app.agents.base import Sink
+from app.errors import APIError, UpstreamError
+from app.settings import Settings
+from app.storage import TutorialStore
+
+
+class GatewayLLM(OpenAILLM):
+    """MetaGPT's OpenAI provider with three changes a service needs.
+
+    - It reuses the worker's client instead of building one (new TLS context, ~23 ms) per request.
+    - Tokens go straight to this request's sink: no process-global hook, so no cross-talk.
+    - No hidden retries: MetaGPT's tenacity retry re-streams a reply the client has already seen
+      (duplicated text) and waits up to minutes; the SDK's own retries happen before any token.
+    Usage is what the upstream reports (`stream_options.include_usage`), else estimated from characters:
+    MetaGPT's fallback counts with tiktoken, which downloads its tables at first use.
+    """
+
+    def __init__(self, config: LLMConfig, client: AsyncOpenAI, sink: Sink) -> None:
+        # NOTE: OpenAILLM.__init__ is skipped on purpose: it builds a new AsyncOpenAI client.
+        self.config = config
+        self.model = config.model
+        self.pricing_plan = config.model
+        self.aclient = client
+        self.auto_max_tokens = False
+        self.cost_manager = None
+        self.sink = sink
+
+    def _cons_kwargs(self, messages: list[dict], timeout: Any = USE_CONFIG_TIMEOUT, **extra: Any) -> dict:
+        kwargs = super()._cons_kwargs(messages, timeout, **extra)
+        kwargs.pop("timeout")  # the shared client carries separate connect and read timeouts
+        return kwargs
+
+    async def acompletion_text(self, messages: list[dict], stream: bool = False, timeout: int = 0) -> str:
+        if stream:
+            return await self._achat_completion_stream(messages)
+        return self.get_choice_text(await self._achat_completion(messages))
+
+    async def _achat_completion_stream(self, messages: list[dict], timeout: int = 0) -> str:
+        response = await self.aclient.chat.completions.create(
+            **self._cons_kwargs(messages), stream=True, stream_options={"include_usage": True}
+        )
+        parts: list[str] = []
+        usage = None
+        # `async with` closes the upstream HTTP response on every exit, cancellation included.
+        async with response:
+            async for chunk in response:
+                if chunk.usage is not None:
+                    usage = chunk.usage
+                if chunk.choices and (text := chunk.choices[0].delta.content):
+                    parts.append(text)
+                    self.sink.token(text)
+        reply = "".join(parts)
+        if usage is not None:
+            self.sink.usage.add(usage.prompt_tokens, usage.completion_tokens)
+        else:
+            prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
+            self.sink.usage.add(-(-prompt_chars // 4), -(-len(reply) // 4))
+        return reply
+
+
+class Runtime:
+    """Per-worker MetaGPT runtime: what every agent run shares."""
+
+    def __init__(self, settings: Settings, store: TutorialStore) -> None:
+        self.settings = settings
+        self.store = store
+        self.llm_config = LLMConfig(
+            api_type="openai",
+            base_url=settings.llm_base_url,
+            api_key=settings.llm_api_key.get_secret_value(),
+            model=settings.llm_model,
+            max_token=settings.llm_max_tokens,
+            calc_usage=False,
+            stream=True,
+        )
+        self.config = Config(llm=self.llm_config)
+        self._client: AsyncOpenAI | None = None
+
+    def client(self) -> AsyncOpenAI:
+        # NOTE: built lazily on the bridge's loop: its connection pool belongs to that loop.
+        if self._client is None:
+            s = self.settings
+            self._client = AsyncOpenAI(
+                api_key=s.llm_api_key.get_secret_value(),
+                base_url=s.llm_base_url,
+                timeout=httpx.Timeout(s.llm_timeout_seconds, connect=s.llm_connect_timeout_seconds),
+                max_retries=s.llm_max_retries,
+            )
+        return self._client
+
+    def context(self) -> Context:
+        return Context(config=self.config, cost_manager=CostManager())
+
+    def llm(self, sink: Sink, temperature: float | None) -> GatewayLLM:
+        config = self.llm_config
+        if temperature is not None:
+            config = config.model_copy(update={"temperature": temperature})
+        return GatewayLLM(config, self.client(), sink)
+
+
+def upstream_failure(exc: BaseException) -> APIError | None:
+    """The API error for a failure of the upstream LLM call, or None if `exc` is not one."""
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError("The upstream LLM could not be reached or dropped the connection.",
+                             code="upstream_unavailable")
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamError(f"The upstream LLM answered with HTTP {exc.status_code}.",
+                             code="upstream_status")
+    if isinstance(exc, (openai.OpenAIError, httpx.HTTPError)):
+        return UpstreamError("The upstream LLM stream failed.")
+    return None

@@ -1,0 +1,42 @@
+"""Prepare the process for MetaGPT before anything imports it.
+
+MetaGPT decides where it writes (logs, workspace, schemas) from METAGPT_PROJECT_ROOT at import time and
+builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml. The real LLM
+settings are given per agent (`app.llm`), so the file written here is a placeholder.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+
+from app.settings import Settings
+
+_PLACEHOLDER = "# Written by the gateway: real LLM settings come from GATEWAY_LLM_*.\nllm:\n  api_key: unused\n"
+
+
+def prepare(settings: Settings) -> None:
+    root = settings.metagpt_root_path
+    (root / "config").mkdir(parents=True, exist_ok=True)
+    config = root / "config" / "config2.yaml"
+    if not config.exists() or config.read_text() != _PLACEHOLDER:
+        config.write_text(_PLACEHOLDER)
+    if "metagpt" in sys.modules and os.environ.get("METAGPT_PROJECT_ROOT") != str(root):
+        raise RuntimeError("metagpt was imported before its project root was set")
+    os.environ["METAGPT_PROJECT_ROOT"] = str(root)
+    # The openai SDK calls platform.platform() for every new client; under gevent, outside the main
+    # greenlet, its first call forks `uname -p` and fails. Calling it once here caches the answer.
+    platform.platform()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Route MetaGPT's loguru output: stderr at the configured level, and no prompt file unless asked."""
+    from loguru import logger
+
+    from metagpt.const import METAGPT_ROOT
+
+    logger.remove()
+    logger.add(sys.stderr, level=settings.metagpt_log_level)
+    if settings.metagpt_prompt_log:
+        logger.add(METAGPT_ROOT / "logs" / "prompts.txt", level="DEBUG", rotation="50 MB", retention=5)

@@ -1,0 +1,156 @@
+"""OpenAI Chat Completions wire format: the request model and builders for every response object.
+
+Unknown OpenAI fields are accepted and ignored, as OpenAI-compatible servers do. Fields that are not
+OpenAI's are marked "extension".
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
+
+from app.errors import InvalidRequest
+
+Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
+# Content part types OpenAI defines; only text feeds an agent, the others are accepted and skipped.
+_KNOWN_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: StrictStr
+    text: StrictStr | None = None
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str) -> str:
+        if value not in _KNOWN_PART_TYPES:
+            raise ValueError(f"unknown content part type {value!r}")
+        return value
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Role
+    content: StrictStr | list[ContentPart] | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content or [] if p.type == "text")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    model: StrictStr
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    # extension: the language the agent writes in (MetaGPT's own default is Chinese).
+    language: StrictStr | None = Field(default=None, min_length=1, max_length=64)
+
+    def topic(self) -> str:
+        """The last user message's text: what the agent works on."""
+        for message in reversed(self.messages):
+            if message.role == "user":
+                text = message.text().strip()
+                if text:
+                    return text
+                break
+        raise InvalidRequest("The last user message must contain text.", param="messages")
+
+
+def parse_request(payload: Any) -> ChatCompletionRequest:
+    if not isinstance(payload, dict):
+        raise InvalidRequest("The request body must be a JSON object.")
+    try:
+        return ChatCompletionRequest.model_validate(payload)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        param = ".".join(str(part) for part in first["loc"]) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
+
+
+@dataclass(frozen=True)
+class TutorialFile:
+    """What the final chunk's `tutorial` extension field describes."""
+
+    name: str
+    url: str
+    bytes: int
+    title: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "url": self.url, "bytes": self.bytes, "title": self.title}
+
+    def link_markdown(self) -> str:
+        """The content delta that ends a tutorial: a blank line, a rule, then the download link."""
+        return f"\n\n---\n\n[Download {self.name}]({self.url})\n"
+
+
+@dataclass
+class Usage:
+    """Token usage of every upstream LLM call the agent made for one completion."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, prompt_tokens: int, completion_tokens: int) -> None:
+        self.prompt_tokens += prompt_tokens
+        self.completion_tokens += completion_tokens
+
+    def as_dict(self) -> dict[str, int]:
+        total = self.prompt_tokens + self.completion_tokens
+        return {"prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
+                "total_tokens": total}
+
+
+@dataclass
+class Completion:
+    """Identity shared by every object of one completion: one `id` and one `created`."""
+
+    model: str
+    include_usage: bool = False
+    id: str = field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    def chunk(self, delta: dict[str, Any], finish_reason: str | None = None, **extra: Any) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if self.include_usage:
+            body["usage"] = None
+        body.update(extra)
+        return body
+
+    def usage_chunk(self, usage: Usage) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
+                "model": self.model, "choices": [], "usage": usage.as_dict()}
+
+    def whole(self, content: str, reasoning: str, usage: Usage, tutorial: TutorialFile | None) -> dict[str, Any]:
+        message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
+        if reasoning:
+            message["reasoning_content"] = reasoning
+        body: dict[str, Any] = {
+            "id": self.id, "object": "chat.completion", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
+            "usage": usage.as_dict(),
+        }
+        if tutorial is not None:
+            body["tutorial"] = tutorial.as_dict()  # extension
+        return body
+
+
+def model_object(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}

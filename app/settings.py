@@ -1,0 +1,61 @@
+"""The gateway's one settings object: read from the environment once, then passed down.
+
+Every variable is prefixed `GATEWAY_` (e.g. `GATEWAY_LLM_BASE_URL`). Tests build `Settings(...)` directly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True)
+
+    # Upstream LLM (any OpenAI-compatible endpoint; `make run` starts the scripted one when unset).
+    llm_base_url: str = "http://127.0.0.1:8081/v1"
+    llm_api_key: SecretStr = SecretStr("scripted")
+    llm_model: str = "scripted"
+    llm_timeout_seconds: float = Field(default=120.0, gt=0, description="read timeout of one LLM call")
+    llm_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    llm_max_tokens: int = Field(default=4096, gt=0)
+    # The SDK retries a refused connection or a 5xx before any token was streamed; never mid-stream.
+    llm_max_retries: int = Field(default=2, ge=0)
+
+    # Where files go. Absolute paths only: nothing is written relative to the working directory.
+    data_dir: Path = Path("/var/lib/metagpt-gateway")
+    tutorials_dir: Path | None = None  # default: <data_dir>/tutorials (what nginx serves)
+    metagpt_root: Path | None = None  # default: <data_dir>/metagpt (MetaGPT's logs, workspace)
+    # MetaGPT logs every prompt and reply to a DEBUG file under its root; off unless asked for.
+    metagpt_prompt_log: bool = False
+    metagpt_log_level: str = "WARNING"  # MetaGPT logs whole replies at INFO
+    log_level: str = "INFO"
+
+    # Links and agent options.
+    public_base_url: str | None = None  # e.g. https://tutorials.example.com; else from forwarded headers
+    trusted_proxies: int = Field(default=1, ge=0, description="X-Forwarded-* hops to trust")
+    default_language: str = "English"
+
+    # Streaming.
+    heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # How long a stream waits for the agent's first event before sending headers; an upstream failure
+    # inside this window becomes a proper HTTP status instead of an error event.
+    first_event_wait_seconds: float = Field(default=3.0, ge=0)
+    max_body_bytes: int = Field(default=1 << 20, gt=0)
+
+    @field_validator("data_dir", "tutorials_dir", "metagpt_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_absolute():
+            raise ValueError(f"must be an absolute path, got {str(value)!r}")
+        return value
+
+    @property
+    def tutorials_path(self) -> Path:
+        return self.tutorials_dir or self.data_dir / "tutorials"
+
+    @property
+    def metagpt_root_path(self) -> Path:
+        return self.metagpt_root or self.data_dir / "metagpt"

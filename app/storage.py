@@ -1,0 +1,70 @@
+"""The tutorials folder: safe unique names, atomic writes, and lookups that cannot leave the folder.
+
+The service, not the LLM, chooses every path. A name is `<slug of the title>-<uuid4 hex>.md`: the slug
+keeps only word characters and dashes, so `/`, `..`, NUL and control characters cannot survive it, and
+the 122 random bits of the uuid make names unique and unguessable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import unicodedata
+import uuid
+from pathlib import Path
+
+SLUG_MAX_CHARS = 60  # at most 240 bytes of UTF-8 with the suffix: under every filesystem's 255
+NAME_RE = re.compile(r"^[^\W_][\w-]{0,%d}-[0-9a-f]{32}\.md$" % (SLUG_MAX_CHARS * 2))
+
+
+def slugify(title: str) -> str:
+    text = unicodedata.normalize("NFKC", title)
+    text = re.sub(r"[^\w\s-]", " ", text).replace("_", " ")
+    text = re.sub(r"[\s-]+", "-", text).strip("-")[:SLUG_MAX_CHARS].strip("-")
+    return text or "tutorial"
+
+
+def is_valid_name(name: str) -> bool:
+    return bool(NAME_RE.fullmatch(name)) and "\x00" not in name
+
+
+class TutorialStore:
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def ensure(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def new_name(self, title: str) -> str:
+        return f"{slugify(title)}-{uuid.uuid4().hex}.md"
+
+    def write(self, name: str, data: bytes) -> Path:
+        """Write `data` so that readers see either no file or the whole file, never a part."""
+        if not is_valid_name(name):
+            raise ValueError(f"unsafe tutorial name {name!r}")
+        final = self.folder / name
+        # A dot-name never matches NAME_RE, so a half-written temporary file can't be downloaded.
+        temp = self.folder / f".{uuid.uuid4().hex}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, final)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return final
+
+    def resolve(self, name: str) -> Path | None:
+        """The path of a downloadable tutorial, or None: bad names, links and non-files are refused."""
+        if not is_valid_name(name):
+            return None
+        path = self.folder / name
+        try:
+            if path.is_symlink() or not path.is_file():
+                return None
+        except OSError:
+            return None
+        return path

@@ -1,0 +1,26 @@
+"""gunicorn settings for the gateway. Each value that is not gunicorn's default says why."""
+
+import os
+
+_env = os.environ.get
+
+bind = _env("GATEWAY_BIND", "127.0.0.1:8000")
+# gevent: thousands of mostly idle streams per worker; MetaGPT runs on an asyncio loop bridged into it.
+worker_class = "gevent"
+workers = int(_env("GATEWAY_WORKERS", "2"))  # one per core on this 2-core machine
+worker_connections = int(_env("GATEWAY_WORKER_CONNECTIONS", "1000"))
+# `timeout` only kills a worker whose hub is blocked; streams themselves may run for minutes.
+timeout = int(_env("GATEWAY_WORKER_TIMEOUT", "60"))
+# Let running generations finish on SIGTERM before streams are cut.
+graceful_timeout = int(_env("GATEWAY_GRACEFUL_TIMEOUT", "120"))
+# Longer than nginx's upstream keepalive_timeout (60 s), so nginx never reuses a closed connection.
+keepalive = int(_env("GATEWAY_KEEPALIVE", "75"))
+# Recycling a worker would cut its streams.
+max_requests = 0
+# The heartbeat file on a slow disk can stall a worker's heartbeat; keep it in memory.
+worker_tmp_dir = "/dev/shm" if os.path.isdir("/dev/shm") else None
+# No control socket under ~/.gunicorn: the service user may have no home.
+control_socket_disable = True
+accesslog = "-"
+errorlog = "-"
+loglevel = _env("GATEWAY_GUNICORN_LOG_LEVEL", "info")

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# `make run`: the stack on loopback. The scripted LLM (unless GATEWAY_LLM_BASE_URL names a real one),
+# then gunicorn with gunicorn.conf.py. Ctrl-C stops everything this script started.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+PY=$ROOT/.venv/bin/python
+
+export GATEWAY_DATA_DIR=${GATEWAY_DATA_DIR:-$ROOT/var}
+APP_PORT=${APP_PORT:-8000}
+LLM_PORT=${LLM_PORT:-8081}
+export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:$APP_PORT}
+mkdir -p "$GATEWAY_DATA_DIR/log"
+
+pids=()
+cleanup() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+}
+trap cleanup INT TERM EXIT
+
+wait_http() {  # url, name
+  for _ in $(seq 1 300); do
+    if "$PY" -c "import sys,httpx; sys.exit(httpx.get(sys.argv[1], timeout=1).status_code != 200)" "$1" 2>/dev/null; then
+      return 0
+    fi
+    sleep 0.2
+  done
+  echo "$2 did not come up at $1" >&2
+  exit 1
+}
+
+if [[ -z "${GATEWAY_LLM_BASE_URL:-}" ]]; then
+  echo "No GATEWAY_LLM_BASE_URL: starting the SCRIPTED LLM on 127.0.0.1:$LLM_PORT (canned text, not a real model)."
+  "$PY" -m scripted_llm --host 127.0.0.1 --port "$LLM_PORT" --pace "${SCRIPTED_LLM_PACE:-20}" &
+  pids+=($!)
+  export GATEWAY_LLM_BASE_URL=http://127.0.0.1:$LLM_PORT/v1
+  wait_http "http://127.0.0.1:$LLM_PORT/healthz" "scripted LLM"
+fi
+
+"$PY" -m gunicorn -c gunicorn.conf.py app.wsgi:application &
+pids+=($!)
+wait_http "http://$GATEWAY_BIND/readyz" gateway
+
+cat <<MSG
+
+MetaGPT Agent Gateway is up.
+  API:        http://$GATEWAY_BIND/v1   (model: write_tutorial)
+  Upstream:   $GATEWAY_LLM_BASE_URL
+  Tutorials:  $GATEWAY_DATA_DIR/tutorials
+Try:
+  curl -N http://$GATEWAY_BIND/v1/chat/completions -H 'Content-Type: application/json' \\
+    -d '{"model":"write_tutorial","stream":true,"messages":[{"role":"user","content":"a tutorial about MySQL"}]}'
+Ctrl-C stops everything.
+MSG
+wait -n "${pids[@]}"

@@ -1,0 +1,54 @@
+"""Session-wide real stack: the scripted LLM and gunicorn (gevent worker) running the real app."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.procs import free_port, gunicorn_args, scripted_llm_args, server
+
+# Tokens per second of the scripted LLM: fast enough for a quick suite, slow enough to stream for real.
+PACE = 400
+
+
+@dataclass
+class Stack:
+    url: str  # the gateway, e.g. http://127.0.0.1:PORT
+    llm_url: str  # the scripted LLM, without /v1
+    tutorials: Path
+    log: Path
+
+    def journal(self) -> list[dict]:
+        return httpx.get(f"{self.llm_url}/_scripted/requests", timeout=5).json()["requests"]
+
+
+@pytest.fixture(scope="session")
+def llm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path_factory.mktemp("llm") / "scripted_llm.log"
+    with server(scripted_llm_args(port, PACE), health_url=f"{url}/healthz", log=log, startup_timeout=30):
+        yield url
+
+
+def gateway_env(llm_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
+    return {
+        "GATEWAY_LLM_BASE_URL": f"{llm_url}/v1",
+        "GATEWAY_DATA_DIR": str(data_dir),
+        "GATEWAY_HEARTBEAT_SECONDS": "1",
+        **extra,
+    }
+
+
+@pytest.fixture(scope="session")
+def stack(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    data_dir = tmp_path_factory.mktemp("gateway")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = data_dir / "gunicorn.log"
+    with server(gunicorn_args(port), health_url=f"{url}/readyz", log=log, env=gateway_env(llm_server, data_dir)):
+        yield Stack(url=url, llm_url=llm_server, tutorials=data_dir / "tutorials", log=log)

@@ -1,0 +1,80 @@
+"""Starting the real servers for integration tests: on 127.0.0.1, bounded in time, never orphaned."""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+_PR_SET_PDEATHSIG = 1
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    # If pytest dies without tearing down, the kernel sends SIGTERM to the server too.
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} not up after {timeout} s:\n{log.read_text()[-4000:]}")
+
+
+@contextlib.contextmanager
+def server(args: list[str], *, health_url: str, log: Path, env: dict[str, str] | None = None,
+           startup_timeout: float = 90) -> Iterator[subprocess.Popen[bytes]]:
+    """Run `args` until the block ends; its output goes to `log`."""
+    full_env = {**os.environ, **(env or {})}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
+                                preexec_fn=_die_with_parent, start_new_session=True)
+    try:
+        wait_http(health_url, proc, startup_timeout, log)
+        yield proc
+    finally:
+        stop(proc)
+
+
+def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def scripted_llm_args(port: int, pace: float, max_lifetime: int = 1800) -> list[str]:
+    return [PYTHON, "-m", "scripted_llm", "--host", "127.0.0.1", "--port", str(port), "--pace", str(pace),
+            "--max-lifetime", str(max_lifetime)]
+
+
+def gunicorn_args(port: int, workers: int = 1) -> list[str]:
+    return [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
+            "--workers", str(workers), "app.wsgi:application"]
