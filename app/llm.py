@@ -119,10 +119,13 @@ class Runtime:
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:
-    """The API error for a failure of the upstream LLM call, or None if `exc` is not one."""
-    if isinstance(exc, openai.APITimeoutError):
+    """The API error for a failure of the upstream LLM call, or None if `exc` is not one.
+
+    Before the first token the SDK raises its own errors; mid-stream, httpx's errors come through raw.
+    """
+    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
         return UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
-    if isinstance(exc, openai.APIConnectionError):
+    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
         return UpstreamError("The upstream LLM could not be reached or dropped the connection.",
                              code="upstream_unavailable")
     if isinstance(exc, openai.APIStatusError):

@@ -76,9 +76,15 @@ def parse_request(payload: Any) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(payload)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = ".".join(str(part) for part in first["loc"]) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {first['msg']}.", param=param) from None
+        # A union reports one error per branch; the deepest one says what is really wrong.
+        error = max(exc.errors(), key=lambda e: len(e["loc"]))
+        param = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part)) or None
+        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
+
+
+def _is_union_tag(part: int | str) -> bool:
+    """pydantic names union branches in error locations ('str', 'list[ContentPart]'): not fields."""
+    return isinstance(part, str) and ("[" in part or part in {"str", "int", "float", "bool", "none"})
 
 
 @dataclass(frozen=True)

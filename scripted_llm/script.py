@@ -197,8 +197,23 @@ def _pick(seed: str, options: int) -> int:
     return int.from_bytes(digest[:8], "big") % options
 
 
+_REQUEST_PHRASE = re.compile(
+    r"^(?:please\s+)?(?:(?:write|create|make|give)\s+(?:me\s+)?)?(?:a|an)?\s*(?:short\s+|brief\s+)?"
+    r"tutorial\s+(?:about|on|for)\s+",
+    re.IGNORECASE,
+)
+_LANGUAGE_LINE = re.compile(r"strictly in the specified language, (.*)\.[ \t]*$", re.MULTILINE)
+
+
 def _subject(topic: str) -> str:
-    return topic or "this subject"
+    """What the tutorial is about: "a tutorial about MySQL" is about MySQL."""
+    return _REQUEST_PHRASE.sub("", topic).strip() or topic or "this subject"
+
+
+def extract_language(prompt: str) -> str | None:
+    """The language MetaGPT asked for (its prompts say "strictly in the specified language, X.")."""
+    match = _LANGUAGE_LINE.search(prompt)
+    return match.group(1) if match else None
 
 
 _TITLES = (

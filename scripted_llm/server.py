@@ -185,6 +185,8 @@ class _Completion:
             "tokens_sent": 0,
             "stream": bool(body.get("stream")),
             "fault": self.plan.fault.name if self.plan.fault else None,
+            "language": script.extract_language(prompt),
+            "temperature": body.get("temperature"),
         }
         self.state.journal.append(self.entry)
 
@@ -392,6 +394,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
             }
         )
         message = "Request body must be a JSON object with a 'messages' list."
+        log.warning("rejected a chat request: %s", message)
         return _error(400, message, "invalid_request_error")
     return await _Completion(request, body).respond()
 
