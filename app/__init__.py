@@ -19,7 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     metagpt_env.prepare(settings)  # NOTE: must precede every metagpt import, hence the imports below
     metagpt_env.configure_logging(settings)
-    from app.agents import build_registry
+    from app.agents.registry import build_registry
     from app.bridge import AsyncioBridge
     from app.errors import register_error_handlers
     from app.llm import Runtime

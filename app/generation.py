@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 import gevent.queue
@@ -46,13 +46,15 @@ class Failed:
     error: APIError
 
 
-Event = Union[Token, Finished, Failed]
+Event = Token | Finished | Failed
 
 
 class Generation:
     """Runs `spec` on the bridge; its events arrive on a gevent queue in the order they happened."""
 
-    def __init__(self, bridge: AsyncioBridge, runtime: Runtime, spec: AgentSpec, request: AgentRequest) -> None:
+    def __init__(
+        self, bridge: AsyncioBridge, runtime: Runtime, spec: AgentSpec, request: AgentRequest
+    ) -> None:
         # NOTE: the queue is filled by the asyncio loop's greenlet and read by the request's greenlet;
         # both run on the worker's one thread, so a plain gevent queue is safe and wakes the reader.
         self._events: gevent.queue.Queue[Event] = gevent.queue.Queue()
@@ -117,7 +119,9 @@ def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
     return TutorialFile(name=f.name, url=f"{base_url}/download/{quote(f.name)}", bytes=f.bytes, title=f.title)
 
 
-def stream(generation: Generation, completion: Completion, base_url: str, heartbeat: float) -> Iterator[bytes]:
+def stream(
+    generation: Generation, completion: Completion, base_url: str, heartbeat: float
+) -> Iterator[bytes]:
     """The SSE body. Headers are already decided; from here an error is an event, then [DONE]."""
     try:
         yield sse.data(completion.chunk({"role": "assistant", "content": ""}))

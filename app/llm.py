@@ -126,11 +126,13 @@ def upstream_failure(exc: BaseException) -> APIError | None:
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
         return UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
     if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
-        return UpstreamError("The upstream LLM could not be reached or dropped the connection.",
-                             code="upstream_unavailable")
+        return UpstreamError(
+            "The upstream LLM could not be reached or dropped the connection.", code="upstream_unavailable"
+        )
     if isinstance(exc, openai.APIStatusError):
-        return UpstreamError(f"The upstream LLM answered with HTTP {exc.status_code}.",
-                             code="upstream_status")
+        return UpstreamError(
+            f"The upstream LLM answered with HTTP {exc.status_code}.", code="upstream_status"
+        )
     if isinstance(exc, (openai.OpenAIError, httpx.HTTPError)):
         return UpstreamError("The upstream LLM stream failed.")
     return None

@@ -13,7 +13,9 @@ import sys
 
 from app.settings import Settings
 
-_PLACEHOLDER = "# Written by the gateway: real LLM settings come from GATEWAY_LLM_*.\nllm:\n  api_key: unused\n"
+_PLACEHOLDER = (
+    "# Written by the gateway: real LLM settings come from GATEWAY_LLM_*.\nllm:\n  api_key: unused\n"
+)
 
 
 def prepare(settings: Settings) -> None:
@@ -33,7 +35,6 @@ def prepare(settings: Settings) -> None:
 def configure_logging(settings: Settings) -> None:
     """Route MetaGPT's loguru output: stderr at the configured level, and no prompt file unless asked."""
     from loguru import logger
-
     from metagpt.const import METAGPT_ROOT
 
     logger.remove()

@@ -14,7 +14,7 @@ import uuid
 from pathlib import Path
 
 SLUG_MAX_CHARS = 60  # at most 240 bytes of UTF-8 with the suffix: under every filesystem's 255
-NAME_RE = re.compile(r"^[^\W_][\w-]{0,%d}-[0-9a-f]{32}\.md$" % (SLUG_MAX_CHARS * 2))
+NAME_RE = re.compile(rf"^[^\W_][\w-]{{0,{SLUG_MAX_CHARS - 1}}}-[0-9a-f]{{32}}\.md$")
 
 
 def slugify(title: str) -> str:

@@ -44,13 +44,26 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float, log: Path
 
 
 @contextlib.contextmanager
-def server(args: list[str], *, health_url: str, log: Path, env: dict[str, str] | None = None,
-           startup_timeout: float = 90) -> Iterator[subprocess.Popen[bytes]]:
+def server(
+    args: list[str],
+    *,
+    health_url: str,
+    log: Path,
+    env: dict[str, str] | None = None,
+    startup_timeout: float = 90,
+) -> Iterator[subprocess.Popen[bytes]]:
     """Run `args` until the block ends; its output goes to `log`."""
     full_env = {**os.environ, **(env or {})}
     with log.open("wb") as out:
-        proc = subprocess.Popen(args, cwd=ROOT, env=full_env, stdout=out, stderr=subprocess.STDOUT,
-                                preexec_fn=_die_with_parent, start_new_session=True)
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
     try:
         wait_http(health_url, proc, startup_timeout, log)
         yield proc
@@ -71,10 +84,31 @@ def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:
 
 
 def scripted_llm_args(port: int, pace: float, max_lifetime: int = 1800) -> list[str]:
-    return [PYTHON, "-m", "scripted_llm", "--host", "127.0.0.1", "--port", str(port), "--pace", str(pace),
-            "--max-lifetime", str(max_lifetime)]
+    return [
+        PYTHON,
+        "-m",
+        "scripted_llm",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--pace",
+        str(pace),
+        "--max-lifetime",
+        str(max_lifetime),
+    ]
 
 
 def gunicorn_args(port: int, workers: int = 1) -> list[str]:
-    return [PYTHON, "-m", "gunicorn", "-c", str(ROOT / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "app.wsgi:application"]
+    return [
+        PYTHON,
+        "-m",
+        "gunicorn",
+        "-c",
+        str(ROOT / "gunicorn.conf.py"),
+        "--bind",
+        f"127.0.0.1:{port}",
+        "--workers",
+        str(workers),
+        "app.wsgi:application",
+    ]

@@ -1,17 +1,4 @@
-"""The agent registry: model id -> agent. Adding a MetaGPT role is one module and one line here.
+"""Agents: `base` (what every agent shares, importable anywhere) and one module per MetaGPT role.
 
-Imports metagpt: only import after `app.metagpt_env.prepare`.
+`registry` and the role modules import metagpt: import them only after `app.metagpt_env.prepare`.
 """
-
-from app.agents.base import AgentSpec, Registry
-from app.agents.tutorial import write_tutorial
-
-
-def build_registry() -> Registry:
-    registry = Registry()
-    registry.add(AgentSpec(
-        id="write_tutorial",
-        description="MetaGPT TutorialAssistant: writes a Markdown tutorial about the topic you give.",
-        run=write_tutorial,
-    ))
-    return registry

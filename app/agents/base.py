@@ -6,7 +6,7 @@ the worker's asyncio loop; it builds fresh MetaGPT objects each time.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -86,5 +86,5 @@ class Registry:
     def get(self, model: str) -> AgentSpec | None:
         return self.agents.get(model)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[AgentSpec]:
         return iter(self.agents.values())

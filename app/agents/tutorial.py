@@ -70,7 +70,9 @@ class ServiceTutorialAssistant(TutorialAssistant):
 
 def _failure(exc: BaseException) -> APIError:
     if isinstance(exc, BadOutline):
-        return UpstreamError(f"The upstream LLM returned an unusable outline: {exc}.", code="upstream_bad_output")
+        return UpstreamError(
+            f"The upstream LLM returned an unusable outline: {exc}.", code="upstream_bad_output"
+        )
     return upstream_failure(exc) or AgentError("The agent failed while writing the tutorial.")
 
 

@@ -14,7 +14,6 @@ def download(name: str) -> Response:
     path = current_app.extensions["gateway.store"].resolve(name)
     if path is None:
         raise NotFound("No such tutorial.")
-    response = send_file(path, mimetype="text/markdown", as_attachment=True, download_name=name,
-                         max_age=0)
+    response = send_file(path, mimetype="text/markdown", as_attachment=True, download_name=name, max_age=0)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response

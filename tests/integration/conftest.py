@@ -50,5 +50,7 @@ def stack(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "gunicorn.log"
-    with server(gunicorn_args(port), health_url=f"{url}/readyz", log=log, env=gateway_env(llm_server, data_dir)):
+    with server(
+        gunicorn_args(port), health_url=f"{url}/readyz", log=log, env=gateway_env(llm_server, data_dir)
+    ):
         yield Stack(url=url, llm_url=llm_server, tutorials=data_dir / "tutorials", log=log)

@@ -21,7 +21,9 @@ def test_concurrent_streams_do_not_cross(stack):
         client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=120)
         content, reasoning = [], []
         for chunk in client.chat.completions.create(
-            model="write_tutorial", stream=True, messages=[{"role": "user", "content": f"{topic} [[pace:100]]"}]
+            model="write_tutorial",
+            stream=True,
+            messages=[{"role": "user", "content": f"{topic} [[pace:100]]"}],
         ):
             if chunk.choices:
                 content.append(chunk.choices[0].delta.content or "")

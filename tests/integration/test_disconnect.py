@@ -23,7 +23,9 @@ def wait_outcome(stack, topic: str, timeout: float) -> tuple[list[dict], float]:
 
 
 def leave_after(stack, topic: str, events: int) -> None:
-    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=body(topic, stream=True), timeout=30) as r:
+    with httpx.stream(
+        "POST", f"{stack.url}/v1/chat/completions", json=body(topic, stream=True), timeout=30
+    ) as r:
         assert r.status_code == 200
         for n, _ in enumerate(r.iter_raw(), 1):
             if n >= events:

@@ -10,7 +10,9 @@ from tests.integration.helpers import body, stream_raw
 pytestmark = pytest.mark.integration
 
 
-def assert_error(r: httpx.Response, status: int, type_: str, code: str | None = None, param: str | None = None):
+def assert_error(
+    r: httpx.Response, status: int, type_: str, code: str | None = None, param: str | None = None
+):
     assert r.status_code == status, r.text
     assert r.headers["content-type"] == "application/json"
     error = r.json()["error"]
@@ -27,21 +29,61 @@ URL = "/v1/chat/completions"
 @pytest.mark.parametrize(
     ("kwargs", "status", "type_", "code", "param"),
     [
-        ({"content": b"{not json", "headers": {"content-type": "application/json"}}, 400,
-         "invalid_request_error", None, None),
-        ({"content": b"\xff\xfe", "headers": {"content-type": "application/json"}}, 400,
-         "invalid_request_error", None, None),
-        ({"content": b'{"model":"write_tutorial"}', "headers": {"content-type": "text/plain"}}, 415,
-         "invalid_request_error", "unsupported_media_type", None),
+        (
+            {"content": b"{not json", "headers": {"content-type": "application/json"}},
+            400,
+            "invalid_request_error",
+            None,
+            None,
+        ),
+        (
+            {"content": b"\xff\xfe", "headers": {"content-type": "application/json"}},
+            400,
+            "invalid_request_error",
+            None,
+            None,
+        ),
+        (
+            {"content": b'{"model":"write_tutorial"}', "headers": {"content-type": "text/plain"}},
+            415,
+            "invalid_request_error",
+            "unsupported_media_type",
+            None,
+        ),
         ({"json": [1, 2]}, 400, "invalid_request_error", None, None),
         ({"json": {"model": "write_tutorial"}}, 400, "invalid_request_error", None, "messages"),
         ({"json": body("x", stream="yes")}, 400, "invalid_request_error", None, "stream"),
         ({"json": body("x", temperature=9)}, 400, "invalid_request_error", None, "temperature"),
-        ({"json": {"model": "write_tutorial", "stream": True, "messages": [{"role": "user", "content": ""}]}},
-         400, "invalid_request_error", None, "messages"),
-        ({"json": body("x", model="nope", stream=True)}, 404, "invalid_request_error", "model_not_found", "model"),
-        ({"content": b'{"model":"write_tutorial","pad":"' + b"x" * (2 << 20) + b'"}',
-          "headers": {"content-type": "application/json"}}, 413, "invalid_request_error", "request_too_large", None),
+        (
+            {
+                "json": {
+                    "model": "write_tutorial",
+                    "stream": True,
+                    "messages": [{"role": "user", "content": ""}],
+                }
+            },
+            400,
+            "invalid_request_error",
+            None,
+            "messages",
+        ),
+        (
+            {"json": body("x", model="nope", stream=True)},
+            404,
+            "invalid_request_error",
+            "model_not_found",
+            "model",
+        ),
+        (
+            {
+                "content": b'{"model":"write_tutorial","pad":"' + b"x" * (2 << 20) + b'"}',
+                "headers": {"content-type": "application/json"},
+            },
+            413,
+            "invalid_request_error",
+            "request_too_large",
+            None,
+        ),
     ],
 )
 def test_bad_requests(stack, kwargs, status, type_, code, param):
@@ -53,10 +95,18 @@ def test_method_and_route_errors(stack):
     assert_error(r, 405, "invalid_request_error", "method_not_allowed")
     assert "POST" in r.headers["allow"]
     assert_error(httpx.get(stack.url + "/v1/nothing", timeout=10), 404, "invalid_request_error", "not_found")
-    assert_error(httpx.get(stack.url + "/download/none-" + "0" * 32 + ".md", timeout=10), 404,
-                 "invalid_request_error", "not_found")
-    assert_error(httpx.get(stack.url + "/download/..%2F..%2Fetc%2Fpasswd", timeout=10), 404,
-                 "invalid_request_error", "not_found")
+    assert_error(
+        httpx.get(stack.url + "/download/none-" + "0" * 32 + ".md", timeout=10),
+        404,
+        "invalid_request_error",
+        "not_found",
+    )
+    assert_error(
+        httpx.get(stack.url + "/download/..%2F..%2Fetc%2Fpasswd", timeout=10),
+        404,
+        "invalid_request_error",
+        "not_found",
+    )
 
 
 @pytest.mark.parametrize(
@@ -76,8 +126,11 @@ def test_upstream_failure_non_streaming(stack):
 
 @pytest.mark.parametrize(
     ("directive", "code"),
-    [("[[fault:cut]][[fault_at:section]][[after:3]]", "upstream_unavailable"),
-     ("[[fault:bad_outline]]", "upstream_bad_output"), ("[[fault:empty_outline]]", "upstream_bad_output")],
+    [
+        ("[[fault:cut]][[fault_at:section]][[after:3]]", "upstream_unavailable"),
+        ("[[fault:bad_outline]]", "upstream_bad_output"),
+        ("[[fault:empty_outline]]", "upstream_bad_output"),
+    ],
 )
 def test_error_after_streaming_began_is_an_event_then_done(stack, directive, code):
     before = set(stack.tutorials.iterdir())

@@ -15,7 +15,17 @@ pytestmark = pytest.mark.integration
 
 @pytest.mark.parametrize(
     "title",
-    ["../../../escaped", "a/b/c", "..", "nul%00byte", "%2Fetc%2Fpasswd", "x" * 500, "..%5C..%5Cwin", " ", "%0A%0D"],
+    [
+        "../../../escaped",
+        "a/b/c",
+        "..",
+        "nul%00byte",
+        "%2Fetc%2Fpasswd",
+        "x" * 500,
+        "..%5C..%5Cwin",
+        " ",
+        "%0A%0D",
+    ],
 )
 def test_hostile_title_stays_inside(stack, title):
     before = set(os.listdir(stack.tutorials.parent))

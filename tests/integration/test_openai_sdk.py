@@ -26,17 +26,22 @@ def download(url: str) -> bytes:
 
 
 def test_sync_stream_content_equals_downloaded_file(stack):
-    chunks = list(client(stack).chat.completions.create(
-        model="write_tutorial", stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": "PostgreSQL indexing"}],
-    ))
+    chunks = list(
+        client(stack).chat.completions.create(
+            model="write_tutorial",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "PostgreSQL indexing"}],
+        )
+    )
     ids = {c.id for c in chunks}
     assert len(ids) == 1 and len({c.created for c in chunks}) == 1
     assert all(c.model == "write_tutorial" for c in chunks)
     assert chunks[0].choices[0].delta.role == "assistant"
     content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    reasoning = "".join((c.choices[0].delta.model_extra or {}).get("reasoning_content") or ""
-                        for c in chunks if c.choices)
+    reasoning = "".join(
+        (c.choices[0].delta.model_extra or {}).get("reasoning_content") or "" for c in chunks if c.choices
+    )
     tutorial, link = split_link(content)
     final = [c for c in chunks if c.choices and c.choices[0].finish_reason]
     assert [c.choices[0].finish_reason for c in final] == ["stop"]
@@ -57,7 +62,8 @@ def test_async_stream(stack):
     async def run():
         aclient = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, timeout=60)
         stream = await aclient.chat.completions.create(
-            model="write_tutorial", stream=True,
+            model="write_tutorial",
+            stream=True,
             messages=[{"role": "user", "content": [{"type": "text", "text": "Kafka consumer groups"}]}],
         )
         chunks = [c async for c in stream]
@@ -75,7 +81,9 @@ def test_async_stream(stack):
 
 def test_non_streaming_completion(stack):
     completion = client(stack).chat.completions.create(
-        model="write_tutorial", messages=[{"role": "user", "content": "Redis persistence"}], temperature=0.3,
+        model="write_tutorial",
+        messages=[{"role": "user", "content": "Redis persistence"}],
+        temperature=0.3,
     )
     assert completion.object == "chat.completion" and completion.model == "write_tutorial"
     choice = completion.choices[0]
@@ -91,13 +99,15 @@ def test_non_streaming_completion(stack):
 def test_language_option_reaches_the_agent(stack):
     """`language` (an extra body field) is put into MetaGPT's prompts; the scripted LLM echoes it back."""
     client(stack).chat.completions.create(
-        model="write_tutorial", messages=[{"role": "user", "content": "Nginx caching lang check"}],
+        model="write_tutorial",
+        messages=[{"role": "user", "content": "Nginx caching lang check"}],
         extra_body={"language": "French"},
     )
     entries = [e for e in stack.journal() if e["topic"] == "Nginx caching lang check"]
     assert entries and all(e["language"] == "French" for e in entries)
     client(stack).chat.completions.create(
-        model="write_tutorial", messages=[{"role": "user", "content": "Nginx caching default lang"}],
+        model="write_tutorial",
+        messages=[{"role": "user", "content": "Nginx caching default lang"}],
     )
     entries = [e for e in stack.journal() if e["topic"] == "Nginx caching default lang"]
     assert entries and all(e["language"] == "English" for e in entries)
@@ -118,5 +128,9 @@ def test_unknown_model_is_404(stack):
             model="write_novel", stream=True, messages=[{"role": "user", "content": "x"}]
         )
     assert info.value.status_code == 404
-    assert info.value.body == {"message": "The model 'write_novel' does not exist.",
-                               "type": "invalid_request_error", "param": "model", "code": "model_not_found"}
+    assert info.value.body == {
+        "message": "The model 'write_novel' does not exist.",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    }

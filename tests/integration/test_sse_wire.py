@@ -30,19 +30,24 @@ def test_headers_and_framing(stack):
     assert len(finish) == 1 and finish[0]["choices"][0]["finish_reason"] == "stop"
     assert finish[0]["choices"][0]["delta"] == {}
     assert payloads[-1]["choices"] == [] and set(payloads[-1]["usage"]) == {
-        "prompt_tokens", "completion_tokens", "total_tokens"}
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+    }
     assert all(p["usage"] is None for p in payloads[:-1])
     # reasoning strictly before content; the link is the last content delta
     kinds = [next(iter(p["choices"][0]["delta"])) for p in payloads[1:-2]]
     assert kinds == sorted(kinds, key=lambda k: k != "reasoning_content")
-    tutorial, link = split_link(s.text())
+    _tutorial, link = split_link(s.text())
     assert payloads[-3]["choices"][0]["delta"]["content"] == link
 
 
 def test_heartbeats_during_llm_silence(stack):
     """A stall of 3 s in the scripted LLM with 1 s heartbeats: comment events arrive, the stream ends well."""
-    s = stream_raw(stack.url, body("Heartbeat topic [[fault:stall]][[fault_at:section]][[stall:3]][[after:2]]",
-                                   stream=True))
+    s = stream_raw(
+        stack.url,
+        body("Heartbeat topic [[fault:stall]][[fault_at:section]][[stall:3]][[after:2]]", stream=True),
+    )
     assert s.status == 200
     assert s.events.count(b": keep-alive\n\n") >= 2
     assert s.events[-1] == b"data: [DONE]\n\n"

@@ -24,13 +24,36 @@ def test_unknown_openai_fields_are_ignored():
 @pytest.mark.parametrize(
     ("messages", "topic"),
     [
-        ([{"role": "user", "content": [{"type": "text", "text": "Postgres "}, {"type": "text", "text": "basics"}]}],
-         "Postgres basics"),
-        ([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}},
-                                       {"type": "text", "text": "Redis"}]}], "Redis"),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "Postgres "}, {"type": "text", "text": "basics"}],
+                }
+            ],
+            "Postgres basics",
+        ),
+        (
+            [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": "x"}},
+                        {"type": "text", "text": "Redis"},
+                    ],
+                }
+            ],
+            "Redis",
+        ),
         ([{"role": "system", "content": "be brief"}, {"role": "user", "content": "  Go  "}], "Go"),
-        ([{"role": "user", "content": "first"}, {"role": "assistant", "content": "ok"},
-          {"role": "user", "content": "second"}], "second"),
+        (
+            [
+                {"role": "user", "content": "first"},
+                {"role": "assistant", "content": "ok"},
+                {"role": "user", "content": "second"},
+            ],
+            "second",
+        ),
     ],
 )
 def test_topic_is_last_user_text(messages, topic):
@@ -88,7 +111,11 @@ def test_chunks_share_identity_and_usage_is_null_until_the_usage_chunk():
     assert first["usage"] is None and last["tutorial"] == {"name": "n"}
     assert last["choices"] == [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": "stop"}]
     u = c.usage_chunk(Usage(3, 4))
-    assert u["choices"] == [] and u["usage"] == {"prompt_tokens": 3, "completion_tokens": 4, "total_tokens": 7}
+    assert u["choices"] == [] and u["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+    }
 
 
 def test_no_usage_field_without_include_usage():
@@ -99,8 +126,12 @@ def test_whole_completion():
     f = TutorialFile(name="a-0.md", url="http://h/download/a-0.md", bytes=5, title="A")
     body = Completion(model="m").whole("text", "plan", Usage(1, 2), f)
     assert body["object"] == "chat.completion"
-    assert body["choices"][0]["message"] == {"role": "assistant", "content": "text", "refusal": None,
-                                             "reasoning_content": "plan"}
+    assert body["choices"][0]["message"] == {
+        "role": "assistant",
+        "content": "text",
+        "refusal": None,
+        "reasoning_content": "plan",
+    }
     assert body["choices"][0]["finish_reason"] == "stop"
     assert body["tutorial"]["url"] == "http://h/download/a-0.md"
     assert body["usage"]["total_tokens"] == 3

@@ -36,9 +36,18 @@ def test_new_names_are_valid_and_unique(title, tmp_path):
 
 @pytest.mark.parametrize(
     "name",
-    ["", ".md", "../x-" + "0" * 32 + ".md", "a-" + "0" * 32 + ".txt", "a-" + "0" * 31 + ".md",
-     ".hidden-" + "0" * 32 + ".md", "a/b-" + "0" * 32 + ".md", "a\x00-" + "0" * 32 + ".md",
-     "a-" + "0" * 32 + ".md/", "a-" + "G" * 32 + ".md"],
+    [
+        "",
+        ".md",
+        "../x-" + "0" * 32 + ".md",
+        "a-" + "0" * 32 + ".txt",
+        "a-" + "0" * 31 + ".md",
+        ".hidden-" + "0" * 32 + ".md",
+        "a/b-" + "0" * 32 + ".md",
+        "a\x00-" + "0" * 32 + ".md",
+        "a-" + "0" * 32 + ".md/",
+        "a-" + "G" * 32 + ".md",
+    ],
 )
 def test_invalid_names(name):
     assert not is_valid_name(name)
@@ -47,7 +56,7 @@ def test_invalid_names(name):
 def test_write_is_atomic_and_leaves_no_temp(tmp_path):
     store = TutorialStore(tmp_path)
     name = store.new_name("T")
-    path = store.write(name, "# T\n\nbody".encode())
+    path = store.write(name, b"# T\n\nbody")
     assert path.parent == tmp_path and path.read_text() == "# T\n\nbody"
     assert os.listdir(tmp_path) == [name]
     assert store.resolve(name) == path

@@ -1,0 +1,54 @@
+"""The Flask app in-process (no servers): routing, error mapping and downloads."""
+
+import pytest
+
+from app import create_app
+
+
+@pytest.fixture(scope="module")
+def client(settings):
+    return create_app(settings).test_client()
+
+
+def test_health_and_ready(client):
+    assert client.get("/healthz").json == {"status": "ok"}
+    assert client.get("/readyz").json == {"status": "ready"}
+
+
+def test_models(client):
+    body = client.get("/v1/models").json
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["write_tutorial"]
+    assert client.get("/v1/models/write_tutorial").json["object"] == "model"
+    assert client.get("/v1/models/x").status_code == 404
+
+
+def test_download_served_by_app(client, settings):
+    from app.storage import TutorialStore
+
+    store = TutorialStore(settings.tutorials_path)
+    name = store.new_name("Café guide")
+    store.write(name, "# Café\n".encode())
+    r = client.get(f"/download/{name}")
+    assert r.status_code == 200 and r.data == "# Café\n".encode()
+    assert r.headers["Content-Type"] == "text/markdown; charset=utf-8"
+    assert r.headers["Content-Disposition"].startswith("attachment")
+    assert r.headers["X-Content-Type-Options"] == "nosniff"
+
+
+@pytest.mark.parametrize(
+    "path", ["/download/../secret", "/download/%2e%2e/secret", "/download/.x.tmp", "/download/"]
+)
+def test_download_refuses(client, path):
+    assert client.get(path).status_code == 404
+
+
+def test_unexpected_errors_are_openai_500(settings):
+    app = create_app(settings)
+
+    @app.get("/boom")
+    def boom():
+        raise RuntimeError("secret detail")
+
+    r = app.test_client().get("/boom")
+    assert r.status_code == 500
+    assert r.json["error"]["type"] == "server_error" and "secret" not in r.json["error"]["message"]
