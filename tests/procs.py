@@ -112,3 +112,16 @@ def gunicorn_args(port: int, workers: int = 1) -> list[str]:
         str(workers),
         "app.wsgi:application",
     ]
+
+
+def nginx_binary() -> str:
+    import shutil
+
+    path = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if path is None:
+        raise RuntimeError("nginx is not installed: run `make install` (scripts/install_os_deps.sh) as root")
+    return path
+
+
+def nginx_args(prefix: Path, conf: Path) -> list[str]:
+    return [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]

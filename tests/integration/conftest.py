@@ -9,10 +9,15 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.procs import free_port, gunicorn_args, scripted_llm_args, server
+from scripts.nginx_local import prepare as prepare_nginx
+from tests.procs import free_port, gunicorn_args, nginx_args, scripted_llm_args, server
 
 # Tokens per second of the scripted LLM: fast enough for a quick suite, slow enough to stream for real.
 PACE = 400
+
+
+# Per-client concurrent stream limit of the nginx under test (small, so a test can exceed it).
+NGINX_STREAMS = 4
 
 
 @dataclass
@@ -54,3 +59,34 @@ def stack(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         gunicorn_args(port), health_url=f"{url}/readyz", log=log, env=gateway_env(llm_server, data_dir)
     ):
         yield Stack(url=url, llm_url=llm_server, tutorials=data_dir / "tutorials", log=log)
+
+
+@dataclass
+class Proxied:
+    url: str  # nginx's public server
+    status_url: str  # nginx's internal stub_status server
+    app: Stack  # the gunicorn behind it
+    prefix: Path  # nginx's folder: rendered config, logs
+
+
+@pytest.fixture(scope="session")
+def proxied(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
+    prefix = tmp_path_factory.mktemp("nginx")
+    port, status_port = free_port(), free_port()
+    conf = prepare_nginx(
+        prefix,
+        listen=f"127.0.0.1:{port}",
+        status_listen=f"127.0.0.1:{status_port}",
+        upstream=stack.url.removeprefix("http://"),
+        tutorials_dir=stack.tutorials,
+        limits={
+            "NGINX_STREAMS_PER_CLIENT": str(NGINX_STREAMS),
+            "NGINX_RATE_PER_CLIENT": "50",
+            "NGINX_RATE_BURST": "100",
+        },
+    )
+    url = f"http://127.0.0.1:{port}"
+    with server(
+        nginx_args(prefix, conf), health_url=f"{url}/healthz", log=prefix / "stdout.log", startup_timeout=20
+    ):
+        yield Proxied(url=url, status_url=f"http://127.0.0.1:{status_port}", app=stack, prefix=prefix)
