@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import threading
 import time
@@ -59,7 +60,7 @@ def test_stream_is_unbuffered(proxied):
     assert arrivals[1] < 1.5  # first token long before the end
     early = sum(1 for t in arrivals if t < total / 2)
     assert early >= len(arrivals) * 0.3, f"only {early}/{len(arrivals)} events in the first half"
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert max(gaps) < 2.0
 
 
