@@ -20,8 +20,8 @@ run: install
 	./scripts/run_stack.sh
 
 lint: install
-	$(VENV)/bin/ruff check app scripted_llm tests
-	$(VENV)/bin/ruff format --check app scripted_llm tests
+	$(VENV)/bin/ruff check app scripted_llm scripts tests
+	$(VENV)/bin/ruff format --check app scripted_llm scripts tests
 	$(VENV)/bin/mypy app scripted_llm
 
 unit: install

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make run`: the stack on loopback. The scripted LLM (unless GATEWAY_LLM_BASE_URL names a real one),
-# then gunicorn with gunicorn.conf.py. Ctrl-C stops everything this script started.
+# `make run`: the stack on loopback, from the same files compose uses. The scripted LLM (unless
+# GATEWAY_LLM_BASE_URL names a real one), gunicorn with gunicorn.conf.py, and nginx with
+# nginx/templates/gateway.conf.template rendered for loopback. Ctrl-C stops everything it started.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -9,6 +10,8 @@ PY=$ROOT/.venv/bin/python
 export GATEWAY_DATA_DIR=${GATEWAY_DATA_DIR:-$ROOT/var}
 APP_PORT=${APP_PORT:-8000}
 LLM_PORT=${LLM_PORT:-8081}
+NGINX_PORT=${NGINX_PORT:-8080}
+NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}
 export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:$APP_PORT}
 mkdir -p "$GATEWAY_DATA_DIR/log"
 
@@ -43,14 +46,31 @@ fi
 pids+=($!)
 wait_http "http://$GATEWAY_BIND/readyz" gateway
 
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ! -x $NGINX ]]; then
+  echo "nginx is not installed. Install it with: apt-get install -y --no-install-recommends nginx" >&2
+  exit 1
+fi
+prefix=$GATEWAY_DATA_DIR/nginx
+conf=$("$PY" -m scripts.nginx_local "$prefix" --listen "127.0.0.1:$NGINX_PORT" \
+  --status-listen "127.0.0.1:$NGINX_STATUS_PORT" --upstream "$GATEWAY_BIND" \
+  --tutorials-dir "$GATEWAY_DATA_DIR/tutorials")
+"$NGINX" -p "$prefix" -c "$conf" -e "$prefix/error.log" &
+pids+=($!)
+wait_http "http://127.0.0.1:$NGINX_PORT/healthz" nginx
+PUBLIC=http://127.0.0.1:$NGINX_PORT
+
 cat <<MSG
 
 MetaGPT Agent Gateway is up.
-  API:        http://$GATEWAY_BIND/v1   (model: write_tutorial)
-  Upstream:   $GATEWAY_LLM_BASE_URL
-  Tutorials:  $GATEWAY_DATA_DIR/tutorials
+  API (nginx):   $PUBLIC/v1   (model: write_tutorial)
+  Downloads:     $PUBLIC/download/<name>   (served by nginx from $GATEWAY_DATA_DIR/tutorials)
+  App (direct):  http://$GATEWAY_BIND   (metrics: http://$GATEWAY_BIND/metrics)
+  nginx status:  http://127.0.0.1:$NGINX_STATUS_PORT/stub_status
+  Upstream LLM:  $GATEWAY_LLM_BASE_URL
+  Logs:          $GATEWAY_DATA_DIR/nginx/*.log, and gunicorn on this terminal
 Try:
-  curl -N http://$GATEWAY_BIND/v1/chat/completions -H 'Content-Type: application/json' \\
+  curl -N $PUBLIC/v1/chat/completions -H 'Content-Type: application/json' \\
     -d '{"model":"write_tutorial","stream":true,"messages":[{"role":"user","content":"a tutorial about MySQL"}]}'
 Ctrl-C stops everything.
 MSG
