@@ -24,3 +24,27 @@ control_socket_disable = True
 accesslog = "-"
 errorlog = "-"
 loglevel = _env("GATEWAY_GUNICORN_LOG_LEVEL", "info")
+
+
+def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+    """Empty the metrics directory of a previous run: its files would be summed into this run's counters."""
+    import pathlib
+    import shutil
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        if server.cfg.workers > 1:
+            server.log.warning("PROMETHEUS_MULTIPROC_DIR is not set: /metrics shows one worker only")
+        return
+    path = pathlib.Path(folder)
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+
+
+def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+    """A dead worker's live gauges must stop counting (multiprocess mode)."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -23,6 +23,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.bridge import AsyncioBridge
     from app.errors import register_error_handlers
     from app.llm import Runtime
+    from app.metrics import Metrics
     from app.routes import completions, files, health, models
     from app.storage import TutorialStore
 
@@ -36,10 +37,12 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     store = TutorialStore(settings.tutorials_path)
     store.ensure()
+    metrics = Metrics()
     app.extensions["gateway.settings"] = settings
     app.extensions["gateway.store"] = store
+    app.extensions["gateway.metrics"] = metrics
     app.extensions["gateway.registry"] = build_registry()
-    app.extensions["gateway.runtime"] = Runtime(settings, store)
+    app.extensions["gateway.runtime"] = Runtime(settings, store, metrics)
     app.extensions["gateway.bridge"] = AsyncioBridge()
 
     register_error_handlers(app)

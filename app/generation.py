@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -22,6 +23,7 @@ from app import sse
 from app.agents.base import AgentRequest, AgentResult, AgentSpec, Kind, Sink
 from app.bridge import AsyncioBridge
 from app.errors import AgentError, APIError
+from app.metrics import Metrics
 from app.protocol import Completion, TutorialFile
 
 if TYPE_CHECKING:
@@ -50,19 +52,34 @@ Event = Token | Finished | Failed
 
 
 class Generation:
-    """Runs `spec` on the bridge; its events arrive on a gevent queue in the order they happened."""
+    """Runs `spec` on the bridge; its events arrive on a gevent queue in the order they happened.
+
+    The owner must end it exactly once with `close(outcome)`: completed, failed or cancelled.
+    """
 
     def __init__(
-        self, bridge: AsyncioBridge, runtime: Runtime, spec: AgentSpec, request: AgentRequest
+        self,
+        bridge: AsyncioBridge,
+        runtime: Runtime,
+        spec: AgentSpec,
+        request: AgentRequest,
+        metrics: Metrics,
+        started: float,
     ) -> None:
+        self.model = spec.id
+        self.metrics = metrics
+        self.started = started  # time.monotonic() when the request arrived
         # NOTE: the queue is filled by the asyncio loop's greenlet and read by the request's greenlet;
         # both run on the worker's one thread, so a plain gevent queue is safe and wakes the reader.
         self._events: gevent.queue.Queue[Event] = gevent.queue.Queue()
         self._pending: Event | None = None
+        self._closed = False
         sink = Sink(lambda kind, text: self._events.put(Token(kind, text)))
         self._future = bridge.submit(self._job(spec, request, sink, runtime))
 
     async def _job(self, spec: AgentSpec, request: AgentRequest, sink: Sink, runtime: Runtime) -> None:
+        active = self.metrics.active_generations.labels(self.model)
+        active.inc()
         try:
             result = await spec.run(request, sink, runtime)
         except asyncio.CancelledError:
@@ -74,6 +91,8 @@ class Generation:
             self._events.put(Failed(AgentError("The agent failed.")))
         else:
             self._events.put(Finished(result))
+        finally:
+            active.dec()
 
     def next(self, timeout: float | None) -> Event | None:
         """The next event, or None after `timeout` seconds of silence."""
@@ -91,25 +110,35 @@ class Generation:
             self._pending = self.next(timeout)
         return self._pending
 
-    def cancel(self) -> None:
+    def close(self, outcome: str) -> None:
+        """Cancel the job if it still runs, and record how the generation ended (once)."""
         if not self._future.done():
             self._future.cancel()
+        if not self._closed:
+            self._closed = True
+            elapsed = time.monotonic() - self.started
+            self.metrics.generation_duration.labels(self.model, outcome).observe(elapsed)
 
 
 def collect(generation: Generation) -> tuple[str, str, AgentResult]:
     """Run to the end (non-streaming): the whole content, the whole reasoning, and the result."""
     parts: dict[Kind, list[str]] = {"content": [], "reasoning": []}
+    tokens = generation.metrics.streamed_tokens
+    outcome = "cancelled"
     try:
         while True:
             event = generation.next(timeout=None)
             if isinstance(event, Token):
                 parts[event.kind].append(event.text)
+                tokens.labels(generation.model, event.kind).inc()
             elif isinstance(event, Finished):
+                outcome = "completed"
                 return "".join(parts["content"]), "".join(parts["reasoning"]), event.result
             elif isinstance(event, Failed):
+                outcome = "failed"
                 raise event.error
     finally:
-        generation.cancel()
+        generation.close(outcome)
 
 
 def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
@@ -119,32 +148,65 @@ def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
     return TutorialFile(name=f.name, url=f"{base_url}/download/{quote(f.name)}", bytes=f.bytes, title=f.title)
 
 
+def _events(
+    generation: Generation, completion: Completion, base_url: str, heartbeat: float, status: list[str]
+) -> Iterator[bytes]:
+    """The SSE body as a sequence of events; `status[0]` says how it ended."""
+    metrics, model = generation.metrics, generation.model
+    first_token = True
+    yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
+    while True:
+        event = generation.next(timeout=heartbeat)
+        if event is None:
+            metrics.heartbeats.labels(model).inc()
+            yield sse.comment("keep-alive")
+        elif isinstance(event, Token):
+            if first_token:
+                first_token = False
+                metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
+            metrics.streamed_tokens.labels(model, event.kind).inc()
+            key = "content" if event.kind == "content" else "reasoning_content"
+            yield sse.data(completion.chunk({key: event.text}))
+        elif isinstance(event, Finished):
+            file = tutorial_file(event.result, base_url)
+            extra = {}
+            if file is not None:
+                yield sse.data(completion.chunk({"content": file.link_markdown()}))
+                extra["tutorial"] = file.as_dict()  # extension
+            yield sse.data(completion.chunk({}, finish_reason="stop", **extra))
+            if completion.include_usage:
+                yield sse.data(completion.usage_chunk(event.result.usage))
+            status[0] = "completed"
+            break
+        else:
+            yield sse.data(event.error.body())
+            status[0] = "failed"
+            break
+    yield sse.DONE
+
+
 def stream(
     generation: Generation, completion: Completion, base_url: str, heartbeat: float
 ) -> Iterator[bytes]:
-    """The SSE body. Headers are already decided; from here an error is an event, then [DONE]."""
+    """The SSE body. Headers are already decided; from here an error is an event, then [DONE].
+
+    Bytes count as streamed once the server has taken them: when it asks for the next event (or the
+    body ends), the previous write succeeded. A write that fails ends the body with GeneratorExit.
+    """
+    metrics, model = generation.metrics, generation.model
+    status = ["cancelled"]
+    written = metrics.streamed_bytes.labels(model)
+    pending = 0
     try:
-        yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
-        while True:
-            event = generation.next(timeout=heartbeat)
-            if event is None:
-                yield sse.comment("keep-alive")
-            elif isinstance(event, Token):
-                key = "content" if event.kind == "content" else "reasoning_content"
-                yield sse.data(completion.chunk({key: event.text}))
-            elif isinstance(event, Finished):
-                file = tutorial_file(event.result, base_url)
-                extra = {}
-                if file is not None:
-                    yield sse.data(completion.chunk({"content": file.link_markdown()}))
-                    extra["tutorial"] = file.as_dict()  # extension
-                yield sse.data(completion.chunk({}, finish_reason="stop", **extra))
-                if completion.include_usage:
-                    yield sse.data(completion.usage_chunk(event.result.usage))
-                break
-            else:
-                yield sse.data(event.error.body())
-                break
-        yield sse.DONE
+        for event in _events(generation, completion, base_url, heartbeat, status):
+            written.inc(pending)
+            pending = len(event)
+            yield event
+        written.inc(pending)
+    except GeneratorExit:
+        metrics.client_disconnects.labels(model).inc()
+        status[0] = "cancelled"
+        raise
     finally:
-        generation.cancel()
+        generation.close(status[0])
+        metrics.requests.labels(model, "true", "200").inc()

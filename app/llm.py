@@ -6,6 +6,8 @@ Imports metagpt: only import after `app.metagpt_env.prepare`.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import httpx
@@ -20,6 +22,7 @@ from openai import AsyncOpenAI
 
 from app.agents.base import Sink
 from app.errors import APIError, UpstreamError
+from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import TutorialStore
 
@@ -35,7 +38,7 @@ class GatewayLLM(OpenAILLM):
     MetaGPT's fallback counts with tiktoken, which downloads its tables at first use.
     """
 
-    def __init__(self, config: LLMConfig, client: AsyncOpenAI, sink: Sink) -> None:
+    def __init__(self, config: LLMConfig, client: AsyncOpenAI, sink: Sink, metrics: Metrics) -> None:
         # NOTE: OpenAILLM.__init__ is skipped on purpose: it builds a new AsyncOpenAI client.
         self.config = config
         self.model = config.model
@@ -44,6 +47,7 @@ class GatewayLLM(OpenAILLM):
         self.auto_max_tokens = False
         self.cost_manager = None
         self.sink = sink
+        self.metrics = metrics
 
     def _cons_kwargs(self, messages: list[dict], timeout: Any = USE_CONFIG_TIMEOUT, **extra: Any) -> dict:
         kwargs = super()._cons_kwargs(messages, timeout, **extra)
@@ -56,6 +60,20 @@ class GatewayLLM(OpenAILLM):
         return self.get_choice_text(await self._achat_completion(messages))
 
     async def _achat_completion_stream(self, messages: list[dict], timeout: int = 0) -> str:
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            reply = await self._stream(messages)
+            outcome = "completed"
+            return reply
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            raise
+        finally:
+            self.metrics.llm_requests.labels(outcome).inc()
+            self.metrics.llm_request_duration.observe(time.monotonic() - started)
+
+    async def _stream(self, messages: list[dict]) -> str:
         response = await self.aclient.chat.completions.create(
             **self._cons_kwargs(messages), stream=True, stream_options={"include_usage": True}
         )
@@ -81,9 +99,10 @@ class GatewayLLM(OpenAILLM):
 class Runtime:
     """Per-worker MetaGPT runtime: what every agent run shares."""
 
-    def __init__(self, settings: Settings, store: TutorialStore) -> None:
+    def __init__(self, settings: Settings, store: TutorialStore, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
+        self.metrics = metrics
         self.llm_config = LLMConfig(
             api_type="openai",
             base_url=settings.llm_base_url,
@@ -115,7 +134,7 @@ class Runtime:
         config = self.llm_config
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
-        return GatewayLLM(config, self.client(), sink)
+        return GatewayLLM(config, self.client(), sink, self.metrics)
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:

@@ -13,6 +13,8 @@ LLM_PORT=${LLM_PORT:-8081}
 NGINX_PORT=${NGINX_PORT:-8080}
 NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}
 export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:$APP_PORT}
+# Metrics across gunicorn workers; gunicorn.conf.py empties it at start.
+export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$GATEWAY_DATA_DIR/prometheus-multiproc}
 mkdir -p "$GATEWAY_DATA_DIR/log"
 
 pids=()

@@ -91,4 +91,6 @@ async def write_tutorial(request: AgentRequest, sink: Sink, runtime: Runtime) ->
     data = text.encode("utf-8")
     name = runtime.store.new_name(role.main_title)
     runtime.store.write(name, data)
+    runtime.metrics.tutorials_written.inc()
+    runtime.metrics.tutorial_bytes.inc(len(data))
     return AgentResult(usage=sink.usage, file=WrittenFile(name=name, bytes=len(data), title=role.main_title))

@@ -1,4 +1,7 @@
-"""`GET /healthz` (the process answers) and `GET /readyz` (it can take work)."""
+"""`GET /healthz` (the process answers), `GET /readyz` (it can take work), `GET /metrics` (Prometheus).
+
+`/metrics` is served by the app only: nginx's public server does not route it.
+"""
 
 from __future__ import annotations
 
@@ -19,3 +22,9 @@ def readyz() -> Response:
     response = jsonify({"status": "ready" if ready else "not ready"})
     response.status_code = 200 if ready else 503
     return response
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    data, content_type = current_app.extensions["gateway.metrics"].render()
+    return Response(data, content_type=content_type)

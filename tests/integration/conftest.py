@@ -45,6 +45,7 @@ def gateway_env(llm_url: str, data_dir: Path, **extra: str) -> dict[str, str]:
         "GATEWAY_LLM_BASE_URL": f"{llm_url}/v1",
         "GATEWAY_DATA_DIR": str(data_dir),
         "GATEWAY_HEARTBEAT_SECONDS": "1",
+        "PROMETHEUS_MULTIPROC_DIR": str(data_dir / "prometheus-multiproc"),
         **extra,
     }
 

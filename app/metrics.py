@@ -1,0 +1,106 @@
+"""Every Prometheus metric the gateway exports, declared in one place, units in the names.
+
+Across gunicorn workers prometheus-client runs in multiprocess mode: PROMETHEUS_MULTIPROC_DIR is set by
+whatever starts gunicorn and emptied by `gunicorn.conf.py` at start; a dead worker's files are marked
+in `child_exit`; gauges are `livesum` so a dead worker's share drops out; each scrape builds a fresh
+registry over the directory. Without the variable (one process, tests in-process) the metrics live
+in a private registry.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+# Seconds: generations take from seconds to many minutes.
+DURATION_BUCKETS = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 1200)
+FIRST_TOKEN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 30, 60)
+LLM_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300)
+
+OTHER_MODEL = "other"  # label for model ids that are not registered: users can't mint label values
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.multiprocess = multiprocess_dir() is not None
+        # In multiprocess mode values go to files whatever the registry; a scrape reads the files.
+        self.registry = None if self.multiprocess else CollectorRegistry()
+        r = self.registry
+        self.active_generations = Gauge(
+            "gateway_active_generations",
+            "Generations running now.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.streamed_bytes = Counter(
+            "gateway_streamed_bytes",
+            "Response body bytes written to clients (completions).",
+            ["model"],
+            registry=r,
+        )
+        self.requests = Counter(
+            "gateway_requests", "Finished requests by HTTP status.", ["model", "stream", "status"], registry=r
+        )
+        self.generation_duration = Histogram(
+            "gateway_generation_duration_seconds",
+            "Generation time by outcome.",
+            ["model", "outcome"],
+            buckets=DURATION_BUCKETS,
+            registry=r,
+        )
+        self.time_to_first_token = Histogram(
+            "gateway_time_to_first_token_seconds",
+            "From request arrival to the first token sent.",
+            ["model"],
+            buckets=FIRST_TOKEN_BUCKETS,
+            registry=r,
+        )
+        self.streamed_tokens = Counter(
+            "gateway_streamed_tokens",
+            "Tokens sent to clients by kind (content, reasoning).",
+            ["model", "kind"],
+            registry=r,
+        )
+        self.llm_requests = Counter(
+            "gateway_llm_requests", "Upstream LLM calls by outcome.", ["outcome"], registry=r
+        )
+        self.llm_request_duration = Histogram(
+            "gateway_llm_request_duration_seconds",
+            "Upstream LLM call duration.",
+            buckets=LLM_BUCKETS,
+            registry=r,
+        )
+        self.tutorials_written = Counter("gateway_tutorials_written", "Tutorial files written.", registry=r)
+        self.tutorial_bytes = Counter(
+            "gateway_tutorial_bytes", "Bytes of tutorial files written.", registry=r
+        )
+        self.client_disconnects = Counter(
+            "gateway_client_disconnects",
+            "Streams whose client went away before the end.",
+            ["model"],
+            registry=r,
+        )
+        self.heartbeats = Counter(
+            "gateway_heartbeats", "SSE keep-alive comments sent during LLM silence.", ["model"], registry=r
+        )
+
+    def render(self) -> tuple[bytes, str]:
+        if self.registry is not None:
+            return generate_latest(self.registry), CONTENT_TYPE_LATEST
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
