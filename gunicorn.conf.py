@@ -48,3 +48,23 @@ def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+# Seconds before the graceful timeout at which streams still running are ended with an error event
+# and [DONE], so that clients see a clean end instead of a cut when gunicorn stops waiting.
+DRAIN_MARGIN = 5
+
+
+def post_worker_init(worker):
+    """SIGTERM drains the app too: readiness turns false, new work gets 503, late streams end cleanly."""
+    import signal
+
+    lifecycle = worker.wsgi.extensions["gateway.lifecycle"]
+    deadline = max(worker.cfg.graceful_timeout - DRAIN_MARGIN, 1)
+    stop_worker = worker.handle_exit
+
+    def on_sigterm(sig, frame):
+        lifecycle.drain(deadline)
+        stop_worker(sig, frame)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

@@ -19,9 +19,11 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     metagpt_env.prepare(settings)  # NOTE: must precede every metagpt import, hence the imports below
     metagpt_env.configure_logging(settings)
+    from app import auth
     from app.agents.registry import build_registry
     from app.bridge import AsyncioBridge
     from app.errors import register_error_handlers
+    from app.lifecycle import Lifecycle
     from app.llm import Runtime
     from app.metrics import Metrics
     from app.routes import completions, files, health, models
@@ -44,6 +46,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["gateway.registry"] = build_registry()
     app.extensions["gateway.runtime"] = Runtime(settings, store, metrics)
     app.extensions["gateway.bridge"] = AsyncioBridge()
+    app.extensions["gateway.lifecycle"] = Lifecycle(settings.max_generations_per_worker)
+    auth.install(app, auth.Authenticator(settings.api_key_list()))
 
     register_error_handlers(app)
     for module in (completions, models, files, health):

@@ -17,11 +17,22 @@ class APIError(Exception):
     status = 500
     type = "server_error"
     code: str | None = None
+    # Tells the OpenAI SDKs whether a retry is safe (`x-should-retry`). Agent runs are not idempotent,
+    # so a 5xx says "false" unless no work had started; None leaves the SDK's own rule.
+    retry: bool | None = None
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
+        self.headers = headers or {}
         if code is not None:
             self.code = code
 
@@ -42,6 +53,39 @@ class NotFound(APIError):
 
 class ModelNotFound(NotFound):
     code = "model_not_found"
+
+
+class Unauthorized(APIError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class RateLimited(APIError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class ShuttingDown(APIError):
+    """Refused before any work started, so retrying elsewhere is safe."""
+
+    status = 503
+    type = "server_error"
+    code = "server_shutting_down"
+    retry = True
+
+
+class Unavailable(APIError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class GenerationTimeout(APIError):
+    status = 504
+    type = "server_error"
+    code = "generation_timeout"
 
 
 class UnsupportedMediaType(APIError):
@@ -79,6 +123,10 @@ _HTTP_TYPES = {
 def error_response(error: APIError) -> Response:
     response = jsonify(error.body())
     response.status_code = error.status
+    response.headers.update(error.headers)
+    retry = error.retry if error.retry is not None else (False if error.status >= 500 else None)
+    if retry is not None:
+        response.headers["x-should-retry"] = "true" if retry else "false"
     return response
 
 

@@ -22,7 +22,8 @@ import gevent.queue
 from app import sse
 from app.agents.base import AgentRequest, AgentResult, AgentSpec, Kind, Sink
 from app.bridge import AsyncioBridge
-from app.errors import AgentError, APIError
+from app.errors import AgentError, APIError, GenerationTimeout
+from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.protocol import Completion, TutorialFile
 
@@ -63,27 +64,39 @@ class Generation:
         runtime: Runtime,
         spec: AgentSpec,
         request: AgentRequest,
+        *,
         metrics: Metrics,
+        lifecycle: Lifecycle,
         started: float,
+        max_seconds: float,
     ) -> None:
         self.model = spec.id
         self.metrics = metrics
+        self.lifecycle = lifecycle
         self.started = started  # time.monotonic() when the request arrived
+        self.max_seconds = max_seconds
         # NOTE: the queue is filled by the asyncio loop's greenlet and read by the request's greenlet;
         # both run on the worker's one thread, so a plain gevent queue is safe and wakes the reader.
         self._events: gevent.queue.Queue[Event] = gevent.queue.Queue()
         self._pending: Event | None = None
         self._closed = False
         sink = Sink(lambda kind, text: self._events.put(Token(kind, text)))
+        lifecycle.started(self)
         self._future = bridge.submit(self._job(spec, request, sink, runtime))
 
     async def _job(self, spec: AgentSpec, request: AgentRequest, sink: Sink, runtime: Runtime) -> None:
         active = self.metrics.active_generations.labels(self.model)
         active.inc()
         try:
-            result = await spec.run(request, sink, runtime)
+            async with asyncio.timeout(self.max_seconds):
+                result = await spec.run(request, sink, runtime)
         except asyncio.CancelledError:
             raise
+        except TimeoutError:
+            error = GenerationTimeout(
+                f"The generation took longer than {self.max_seconds:g} s and was stopped."
+            )
+            self._events.put(Failed(error))
         except APIError as exc:
             self._events.put(Failed(exc))
         except Exception:
@@ -93,6 +106,8 @@ class Generation:
             self._events.put(Finished(result))
         finally:
             active.dec()
+            # Tasks other than this one still alive on the loop: 0 when nothing was left behind.
+            self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()) - 1)
 
     def next(self, timeout: float | None) -> Event | None:
         """The next event, or None after `timeout` seconds of silence."""
@@ -110,12 +125,19 @@ class Generation:
             self._pending = self.next(timeout)
         return self._pending
 
+    def abort(self, error: APIError) -> None:
+        """End the generation from outside (shutdown): the reader gets `error` next, the job is cancelled."""
+        self._events.put(Failed(error))
+        if not self._future.done():
+            self._future.cancel()
+
     def close(self, outcome: str) -> None:
         """Cancel the job if it still runs, and record how the generation ended (once)."""
         if not self._future.done():
             self._future.cancel()
         if not self._closed:
             self._closed = True
+            self.lifecycle.ended(self)
             elapsed = time.monotonic() - self.started
             self.metrics.generation_duration.labels(self.model, outcome).observe(elapsed)
 

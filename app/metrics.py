@@ -98,6 +98,19 @@ class Metrics:
             "gateway_heartbeats", "SSE keep-alive comments sent during LLM silence.", ["model"], registry=r
         )
 
+        self.asyncio_tasks = Gauge(
+            "gateway_asyncio_tasks",
+            "asyncio tasks left on the loops after the last generation ended.",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.rejected_requests = Counter(
+            "gateway_rejected_requests",
+            "Requests refused before any work, by reason.",
+            ["reason"],
+            registry=r,
+        )
+
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST

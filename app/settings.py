@@ -45,7 +45,18 @@ class Settings(BaseSettings):
     first_event_wait_seconds: float = Field(default=3.0, ge=0)
     max_body_bytes: int = Field(default=1 << 20, gt=0)
 
-    @field_validator("data_dir", "tutorials_dir", "metagpt_root")
+    # Admission and limits. A worker runs at most this many generations; past it, 429 before any work.
+    max_generations_per_worker: int = Field(default=200, gt=0)
+    max_generation_seconds: float = Field(default=900.0, gt=0)
+    max_messages: int = Field(default=256, gt=0)
+    max_message_chars: int = Field(default=100_000, gt=0)
+    max_topic_chars: int = Field(default=4_000, gt=0)
+
+    # Optional API keys: a comma-separated list and/or a file with one key per line. None: open access.
+    api_keys: SecretStr | None = None
+    api_keys_file: Path | None = None
+
+    @field_validator("data_dir", "tutorials_dir", "metagpt_root", "api_keys_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         if value is not None and not value.is_absolute():
@@ -59,3 +70,9 @@ class Settings(BaseSettings):
     @property
     def metagpt_root_path(self) -> Path:
         return self.metagpt_root or self.data_dir / "metagpt"
+
+    def api_key_list(self) -> list[str]:
+        keys = [k.strip() for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")]
+        if self.api_keys_file is not None:
+            keys += [line.strip() for line in self.api_keys_file.read_text().splitlines()]
+        return [k for k in keys if k and not k.startswith("#")]

@@ -1,17 +1,20 @@
-"""`POST /v1/chat/completions`: validate, look up the agent, answer with JSON or a stream."""
+"""`POST /v1/chat/completions`: validate, admit, look up the agent, answer with JSON or a stream."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from app import sse
 from app.agents.base import AgentRequest
-from app.errors import InvalidRequest, ModelNotFound, UnsupportedMediaType
+from app.errors import APIError, InvalidRequest, ModelNotFound, UnsupportedMediaType
 from app.generation import Failed, Generation, collect, stream, tutorial_file
 from app.metrics import OTHER_MODEL
-from app.protocol import Completion, parse_request
+from app.protocol import ChatCompletionRequest, Completion, parse_request
+from app.settings import Settings
 
 bp = Blueprint("completions", __name__)
 
@@ -21,31 +24,67 @@ def _base_url() -> str:
     return (configured or request.host_url).rstrip("/")
 
 
+def _payload() -> Any:
+    if request.mimetype != "application/json":
+        raise UnsupportedMediaType("Content-Type must be application/json.")
+    raw = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH this raises 413
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
+        raise InvalidRequest("The request body is not valid JSON.") from None
+
+
+def _agent_request(body: ChatCompletionRequest, settings: Settings) -> AgentRequest:
+    if len(body.messages) > settings.max_messages:
+        raise InvalidRequest(f"At most {settings.max_messages} messages are accepted.", param="messages")
+    for n, message in enumerate(body.messages):
+        if len(message.text()) > settings.max_message_chars:
+            raise InvalidRequest(
+                f"A message may have at most {settings.max_message_chars} characters.",
+                param=f"messages.{n}.content",
+            )
+    topic = body.topic()
+    if len(topic) > settings.max_topic_chars:
+        raise InvalidRequest(
+            f"The topic may have at most {settings.max_topic_chars} characters.", param="messages"
+        )
+    if "\x00" in topic:
+        raise InvalidRequest("The topic may not contain NUL characters.", param="messages")
+    return AgentRequest(
+        topic=topic, language=body.language or settings.default_language, temperature=body.temperature
+    )
+
+
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     started = time.monotonic()
     ext = current_app.extensions
-    settings = ext["gateway.settings"]
-    metrics = ext["gateway.metrics"]
-    if request.mimetype != "application/json":
-        raise UnsupportedMediaType("Content-Type must be application/json.")
-    payload = request.get_json(silent=True)
-    if payload is None:
-        raise InvalidRequest("The request body is not valid JSON.")
-    body = parse_request(payload)
+    settings, metrics, lifecycle = ext["gateway.settings"], ext["gateway.metrics"], ext["gateway.lifecycle"]
+    body = parse_request(_payload())
     g.metrics_stream = "true" if body.stream else "false"
     spec = ext["gateway.registry"].get(body.model)
     if spec is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
     g.metrics_model = spec.id
-    agent_request = AgentRequest(
-        topic=body.topic(), language=body.language or settings.default_language, temperature=body.temperature
-    )
+    agent_request = _agent_request(body, settings)
+    try:
+        lifecycle.admit()
+    except APIError as exc:
+        metrics.rejected_requests.labels(exc.code or "rejected").inc()
+        metrics.generation_duration.labels(spec.id, "rejected").observe(time.monotonic() - started)
+        raise
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     completion = Completion(model=body.model, include_usage=include_usage)
     base_url = _base_url()
     generation = Generation(
-        ext["gateway.bridge"], ext["gateway.runtime"], spec, agent_request, metrics, started
+        ext["gateway.bridge"],
+        ext["gateway.runtime"],
+        spec,
+        agent_request,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        started=started,
+        max_seconds=settings.max_generation_seconds,
     )
 
     if not body.stream:

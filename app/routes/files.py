@@ -1,4 +1,5 @@
-"""`GET /download/<name>`: a written tutorial as an attachment (nginx serves this path in production)."""
+"""`GET /download/<name>`: a written tutorial as an attachment (nginx serves this path in production),
+and `GET /auth/check`, which nginx asks (auth_request) before it serves a download itself."""
 
 from __future__ import annotations
 
@@ -17,3 +18,9 @@ def download(name: str) -> Response:
     response = send_file(path, mimetype="text/markdown", as_attachment=True, download_name=name, max_age=0)
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+@bp.get("/auth/check")
+def auth_check() -> Response:
+    """204 when the request carries a valid key or no keys are configured (the before_request hook)."""
+    return Response(status=204)

@@ -18,8 +18,9 @@ def healthz() -> Response:
 @bp.get("/readyz")
 def readyz() -> Response:
     store = current_app.extensions["gateway.store"]
-    ready = store.folder.is_dir()
-    response = jsonify({"status": "ready" if ready else "not ready"})
+    draining = current_app.extensions["gateway.lifecycle"].draining
+    ready = store.folder.is_dir() and not draining
+    response = jsonify({"status": "ready" if ready else ("draining" if draining else "not ready")})
     response.status_code = 200 if ready else 503
     return response
 

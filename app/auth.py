@@ -1,0 +1,47 @@
+"""Optional API keys: `Authorization: Bearer <key>`, compared in constant time."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from flask import Flask, current_app, request
+
+from app.errors import Unauthorized
+
+# Open whatever the keys: probes, Prometheus (never routed through the public nginx server).
+OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "health.metrics"}
+
+
+class Authenticator:
+    def __init__(self, keys: list[str]) -> None:
+        # Digests have one length, so compare_digest's time does not depend on the key's length.
+        self._digests = [hashlib.sha256(k.encode()).digest() for k in keys]
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._digests)
+
+    def accepts(self, authorization: str | None) -> bool:
+        if not self.enabled:
+            return True
+        scheme, _, token = (authorization or "").partition(" ")
+        candidate = hashlib.sha256(token.strip().encode()).digest()
+        found = False
+        for digest in self._digests:  # no early exit: every key is compared
+            found |= hmac.compare_digest(candidate, digest)
+        return found and scheme.lower() == "bearer"
+
+
+def install(app: Flask, authenticator: Authenticator) -> None:
+    app.extensions["gateway.auth"] = authenticator
+
+    @app.before_request
+    def _require_key() -> None:
+        if request.endpoint in OPEN_ENDPOINTS:
+            return
+        if not current_app.extensions["gateway.auth"].accepts(request.headers.get("Authorization")):
+            raise Unauthorized(
+                "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
+                headers={"WWW-Authenticate": 'Bearer realm="metagpt-gateway"'},
+            )
