@@ -7,10 +7,19 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: install run test lint unit integration clean
+.PHONY: install os-deps tools run test lint unit integration clean
+
+# Everything the stack and the tests need: the locked Python environment, Debian's nginx, Prometheus,
+# the nginx exporter and docker-compose (apt, as root), and the linters for the deploy files.
+install: $(VENV)/.installed os-deps tools
+
+os-deps:
+	./scripts/install_os_deps.sh
+
+tools:
+	./scripts/install_tools.sh
 
 # uv installs the locked environment (uv.lock) with bytecode compiled (see [tool.uv] in pyproject.toml).
-install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml uv.lock
 	@command -v uv >/dev/null || python3 -m pip install --quiet "uv==$(UV_VERSION)"
 	uv sync --frozen --python python3.11
@@ -20,8 +29,8 @@ run: install
 	./scripts/run_stack.sh
 
 lint: install
-	$(VENV)/bin/ruff check app scripted_llm scripts tests
-	$(VENV)/bin/ruff format --check app scripted_llm scripts tests
+	$(VENV)/bin/ruff check app scripted_llm scripts tests gunicorn.conf.py
+	$(VENV)/bin/ruff format --check app scripted_llm scripts tests gunicorn.conf.py
 	$(VENV)/bin/mypy app scripted_llm
 
 unit: install
@@ -34,4 +43,4 @@ test: install lint
 	$(PY) -m pytest
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools var .pytest_cache .mypy_cache .ruff_cache

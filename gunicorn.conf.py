@@ -1,12 +1,42 @@
 """gunicorn settings for the gateway. Each value that is not gunicorn's default says why."""
 
+import json
 import os
+
+from gunicorn import util
+from gunicorn.workers.ggevent import GeventWorker
 
 _env = os.environ.get
 
+
+def _write_json_error(sock, status_int, reason, mesg):
+    """gunicorn's own answers to malformed HTTP, as OpenAI error objects instead of HTML pages."""
+    code = "bad_request" if status_int < 500 else "server_error"
+    error = {
+        "message": f"{reason}: {mesg}",
+        "type": "invalid_request_error" if status_int < 500 else "server_error",
+        "param": None,
+        "code": code,
+    }
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+class GatewayWorker(GeventWorker):
+    """The gevent worker, with gunicorn's error pages in the API's error format."""
+
+    def init_process(self):
+        util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
+        super().init_process()
+
+
 bind = _env("GATEWAY_BIND", "127.0.0.1:8000")
 # gevent: thousands of mostly idle streams per worker; MetaGPT runs on an asyncio loop bridged into it.
-worker_class = "gevent"
+worker_class = GatewayWorker
 workers = int(_env("GATEWAY_WORKERS", "2"))  # one per core on this 2-core machine
 worker_connections = int(_env("GATEWAY_WORKER_CONNECTIONS", "1000"))
 # `timeout` only kills a worker whose hub is blocked; streams themselves may run for minutes.
@@ -26,7 +56,7 @@ errorlog = "-"
 loglevel = _env("GATEWAY_GUNICORN_LOG_LEVEL", "info")
 
 
-def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
+def on_starting(server):
     """Empty the metrics directory of a previous run: its files would be summed into this run's counters."""
     import pathlib
     import shutil
@@ -42,7 +72,7 @@ def on_starting(server):  # noqa: ARG001 - gunicorn's hook signature
     path.mkdir(parents=True)
 
 
-def child_exit(server, worker):  # noqa: ARG001 - gunicorn's hook signature
+def child_exit(server, worker):
     """A dead worker's live gauges must stop counting (multiprocess mode)."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess

