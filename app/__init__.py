@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store = TutorialStore(settings.tutorials_path)
     store.ensure()
     metrics = Metrics()
+    metrics.max_generations.set(settings.max_generations_per_worker)
     app.extensions["gateway.settings"] = settings
     app.extensions["gateway.store"] = store
     app.extensions["gateway.metrics"] = metrics

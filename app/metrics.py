@@ -104,6 +104,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.max_generations = Gauge(
+            "gateway_max_generations",
+            "Configured generation capacity (per worker, summed).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.rejected_requests = Counter(
             "gateway_rejected_requests",
             "Requests refused before any work, by reason.",

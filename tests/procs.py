@@ -125,3 +125,22 @@ def nginx_binary() -> str:
 
 def nginx_args(prefix: Path, conf: Path) -> list[str]:
     return [nginx_binary(), "-p", str(prefix), "-c", str(conf), "-e", str(prefix / "error.log")]
+
+
+def prometheus_args(config: Path, data: Path, port: int) -> list[str]:
+    return [
+        "prometheus",
+        f"--config.file={config}",
+        f"--storage.tsdb.path={data}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--log.level=warn",
+    ]
+
+
+def nginx_exporter_args(status_url: str, port: int) -> list[str]:
+    # Debian's exporter (0.11) takes single-dash flags.
+    return [
+        "prometheus-nginx-exporter",
+        f"-nginx.scrape-uri={status_url}/stub_status",
+        f"-web.listen-address=127.0.0.1:{port}",
+    ]

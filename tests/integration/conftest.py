@@ -27,6 +27,7 @@ class Stack:
     llm_url: str  # the scripted LLM, without /v1
     tutorials: Path
     log: Path
+    pid: int = 0  # gunicorn's master
 
     def journal(self) -> list[dict]:
         return httpx.get(f"{self.llm_url}/_scripted/requests", timeout=5).json()["requests"]
@@ -59,8 +60,8 @@ def stack(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     log = data_dir / "gunicorn.log"
     with server(
         gunicorn_args(port), health_url=f"{url}/readyz", log=log, env=gateway_env(llm_server, data_dir)
-    ):
-        yield Stack(url=url, llm_url=llm_server, tutorials=data_dir / "tutorials", log=log)
+    ) as proc:
+        yield Stack(url=url, llm_url=llm_server, tutorials=data_dir / "tutorials", log=log, pid=proc.pid)
 
 
 @dataclass

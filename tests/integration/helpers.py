@@ -41,7 +41,8 @@ def stream_raw(url: str, payload: Any, timeout: float = 60, **kwargs: Any) -> Ra
     with httpx.stream("POST", f"{url}/v1/chat/completions", json=payload, timeout=timeout, **kwargs) as r:
         raw = r.read()
     events = [block + b"\n\n" for block in raw.split(b"\n\n") if block]
-    assert b"".join(events) == raw, "the stream is not a sequence of \\n\\n-terminated events"
+    if r.headers.get("content-type", "").startswith("text/event-stream"):
+        assert b"".join(events) == raw, "the stream is not a sequence of \\n\\n-terminated events"
     return RawStream(r.status_code, r.headers, raw, events)
 
 
