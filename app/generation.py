@@ -119,6 +119,28 @@ class Generation:
         except gevent.queue.Empty:
             return None
 
+    def coalesce(self, first: Token) -> tuple[Token, int]:
+        """`first` plus the same kind's tokens already waiting, as one token (and how many it holds).
+
+        Under load tokens queue up while the writer waits its turn; one event for all of them costs
+        one JSON dump and one socket write instead of many. The text is the same.
+        """
+        if self._pending is not None:
+            return first, 1
+        texts, count = [first.text], 1
+        while True:
+            try:
+                event = self._events.get_nowait()
+            except gevent.queue.Empty:
+                break
+            if isinstance(event, Token) and event.kind == first.kind:
+                texts.append(event.text)
+                count += 1
+            else:
+                self._pending = event
+                break
+        return (Token(first.kind, "".join(texts)) if count > 1 else first), count
+
     def peek(self, timeout: float) -> Event | None:
         """Wait up to `timeout` for the first event without consuming it."""
         if self._pending is None:
@@ -186,7 +208,8 @@ def _events(
             if first_token:
                 first_token = False
                 metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
-            metrics.streamed_tokens.labels(model, event.kind).inc()
+            event, count = generation.coalesce(event)
+            metrics.streamed_tokens.labels(model, event.kind).inc(count)
             key = "content" if event.kind == "content" else "reasoning_content"
             yield sse.data(completion.chunk({key: event.text}))
         elif isinstance(event, Finished):

@@ -10,6 +10,7 @@ import asyncio
 import time
 from typing import Any
 
+import aiohttp
 import httpx
 import openai
 from metagpt.config2 import Config
@@ -18,36 +19,40 @@ from metagpt.const import USE_CONFIG_TIMEOUT
 from metagpt.context import Context
 from metagpt.provider.openai_api import OpenAILLM
 from metagpt.utils.cost_manager import CostManager
-from openai import AsyncOpenAI
 
 from app.agents.base import Sink
 from app.errors import APIError, UpstreamError
 from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import TutorialStore
+from app.upstream import new_session, stream_chat
 
 
 class GatewayLLM(OpenAILLM):
-    """MetaGPT's OpenAI provider with three changes a service needs.
+    """MetaGPT's OpenAI provider, as a service needs it.
 
-    - It reuses the worker's client instead of building one (new TLS context, ~23 ms) per request.
+    - It streams over the worker's shared aiohttp session (`app.upstream`) instead of building an SDK client
+      per request (new TLS context, ~23 ms) and an SDK object per chunk.
     - Tokens go straight to this request's sink: no process-global hook, so no cross-talk.
-    - No hidden retries: MetaGPT's tenacity retry re-streams a reply the client has already seen
-      (duplicated text) and waits up to minutes; the SDK's own retries happen before any token.
+    - Retries happen only before the first byte of an answer (connection refused, 429, 5xx). MetaGPT's
+      tenacity retry re-streams a reply the client has already seen (duplicated text) and waits minutes.
     Usage is what the upstream reports (`stream_options.include_usage`), else estimated from characters:
     MetaGPT's fallback counts with tiktoken, which downloads its tables at first use.
     """
 
-    def __init__(self, config: LLMConfig, client: AsyncOpenAI, sink: Sink, metrics: Metrics) -> None:
+    def __init__(
+        self, config: LLMConfig, session: aiohttp.ClientSession, sink: Sink, metrics: Metrics, retries: int
+    ) -> None:
         # NOTE: OpenAILLM.__init__ is skipped on purpose: it builds a new AsyncOpenAI client.
         self.config = config
         self.model = config.model
         self.pricing_plan = config.model
-        self.aclient = client
+        self.session = session
         self.auto_max_tokens = False
         self.cost_manager = None
         self.sink = sink
         self.metrics = metrics
+        self.retries = retries
 
     def _cons_kwargs(self, messages: list[dict], timeout: Any = USE_CONFIG_TIMEOUT, **extra: Any) -> dict:
         kwargs = super()._cons_kwargs(messages, timeout, **extra)
@@ -55,9 +60,8 @@ class GatewayLLM(OpenAILLM):
         return kwargs
 
     async def acompletion_text(self, messages: list[dict], stream: bool = False, timeout: int = 0) -> str:
-        if stream:
-            return await self._achat_completion_stream(messages)
-        return self.get_choice_text(await self._achat_completion(messages))
+        # Every MetaGPT call goes through the stream: one code path for tokens, usage and metrics.
+        return await self._achat_completion_stream(messages)
 
     async def _achat_completion_stream(self, messages: list[dict], timeout: int = 0) -> str:
         started = time.monotonic()
@@ -74,22 +78,26 @@ class GatewayLLM(OpenAILLM):
             self.metrics.llm_request_duration.observe(time.monotonic() - started)
 
     async def _stream(self, messages: list[dict]) -> str:
-        response = await self.aclient.chat.completions.create(
-            **self._cons_kwargs(messages), stream=True, stream_options={"include_usage": True}
-        )
         parts: list[str] = []
         usage = None
-        # `async with` closes the upstream HTTP response on every exit, cancellation included.
-        async with response:
-            async for chunk in response:
-                if chunk.usage is not None:
-                    usage = chunk.usage
-                if chunk.choices and (text := chunk.choices[0].delta.content):
-                    parts.append(text)
-                    self.sink.token(text)
+        token = self.sink.token
+        # NOTE: leaving this loop for any reason (cancellation included) closes the upstream response.
+        async for delta in stream_chat(
+            self.session,
+            self.config.base_url.rstrip("/") + "/chat/completions",
+            self._cons_kwargs(messages),
+            self.retries,
+        ):
+            if delta.content:
+                parts.append(delta.content)
+                token(delta.content)
+            if delta.usage is not None:
+                usage = delta.usage
         reply = "".join(parts)
         if usage is not None:
-            self.sink.usage.add(usage.prompt_tokens, usage.completion_tokens)
+            self.sink.usage.add(
+                int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+            )
         else:
             prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
             self.sink.usage.add(-(-prompt_chars // 4), -(-len(reply) // 4))
@@ -113,19 +121,18 @@ class Runtime:
             stream=True,
         )
         self.config = Config(llm=self.llm_config)
-        self._client: AsyncOpenAI | None = None
+        self._session: aiohttp.ClientSession | None = None
 
-    def client(self) -> AsyncOpenAI:
+    def session(self) -> aiohttp.ClientSession:
         # NOTE: built lazily on the bridge's loop: its connection pool belongs to that loop.
-        if self._client is None:
+        if self._session is None:
             s = self.settings
-            self._client = AsyncOpenAI(
-                api_key=s.llm_api_key.get_secret_value(),
-                base_url=s.llm_base_url,
-                timeout=httpx.Timeout(s.llm_timeout_seconds, connect=s.llm_connect_timeout_seconds),
-                max_retries=s.llm_max_retries,
+            self._session = new_session(
+                s.llm_api_key.get_secret_value(),
+                s.llm_timeout_seconds,
+                s.llm_connect_timeout_seconds,
             )
-        return self._client
+        return self._session
 
     def context(self) -> Context:
         return Context(config=self.config, cost_manager=CostManager())
@@ -134,14 +141,13 @@ class Runtime:
         config = self.llm_config
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
-        return GatewayLLM(config, self.client(), sink, self.metrics)
+        return GatewayLLM(config, self.session(), sink, self.metrics, self.settings.llm_max_retries)
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:
-    """The API error for a failure of the upstream LLM call, or None if `exc` is not one.
-
-    Before the first token the SDK raises its own errors; mid-stream, httpx's errors come through raw.
-    """
+    """The API error for a failure of the upstream LLM call, or None if `exc` is not one."""
+    if isinstance(exc, UpstreamError):
+        return exc
     if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
         return UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
     if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):

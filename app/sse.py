@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
+
+import orjson
 
 DONE = b"data: [DONE]\n\n"
 HEADERS = {
@@ -16,8 +17,7 @@ HEADERS = {
 
 def data(payload: Any) -> bytes:
     """One `data:` event. Compact JSON never contains a raw newline, so one line always suffices."""
-    text = json.dumps(payload, ensure_ascii=False, separators=(",", ":"))
-    return b"data: " + text.encode("utf-8") + b"\n\n"
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
 def comment(text: str = "") -> bytes:
