@@ -11,8 +11,6 @@ import time
 from typing import Any
 
 import aiohttp
-import httpx
-import openai
 from metagpt.config2 import Config
 from metagpt.configs.llm_config import LLMConfig
 from metagpt.const import USE_CONFIG_TIMEOUT
@@ -145,19 +143,5 @@ class Runtime:
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:
-    """The API error for a failure of the upstream LLM call, or None if `exc` is not one."""
-    if isinstance(exc, UpstreamError):
-        return exc
-    if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
-        return UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
-    if isinstance(exc, (openai.APIConnectionError, httpx.TransportError)):
-        return UpstreamError(
-            "The upstream LLM could not be reached or dropped the connection.", code="upstream_unavailable"
-        )
-    if isinstance(exc, openai.APIStatusError):
-        return UpstreamError(
-            f"The upstream LLM answered with HTTP {exc.status_code}.", code="upstream_status"
-        )
-    if isinstance(exc, (openai.OpenAIError, httpx.HTTPError)):
-        return UpstreamError("The upstream LLM stream failed.")
-    return None
+    """The API error for a failure of the upstream LLM call (`app.upstream` raises only these), or None."""
+    return exc if isinstance(exc, UpstreamError) else None
