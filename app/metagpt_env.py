@@ -34,6 +34,9 @@ def prepare(settings: Settings) -> None:
 
 def configure_logging(settings: Settings) -> None:
     """Route MetaGPT's loguru output: stderr at the configured level, and no prompt file unless asked."""
+    # NOTE: importing metagpt.logs runs its define_log_level(), which adds the DEBUG prompt file sink;
+    # it must have run before the sinks are replaced here, or it would add that sink back later.
+    import metagpt.logs  # noqa: F401
     from loguru import logger
     from metagpt.const import METAGPT_ROOT
 

@@ -113,6 +113,20 @@ def test_language_option_reaches_the_agent(stack):
     assert entries and all(e["language"] == "English" for e in entries)
 
 
+def test_nothing_is_written_outside_the_data_dir(stack):
+    """MetaGPT writes under GATEWAY_DATA_DIR/metagpt, never into the working directory (the repo here),
+    and its prompt log is off: its log files stay empty."""
+    from tests.procs import ROOT
+
+    client(stack).chat.completions.create(
+        model="write_tutorial", messages=[{"role": "user", "content": "Paths"}]
+    )
+    for name in ("logs", "workspace", "data", "config"):
+        assert not (ROOT / name).exists(), name
+    logs = stack.tutorials.parent / "metagpt" / "logs"
+    assert all(f.stat().st_size == 0 for f in logs.rglob("*") if f.is_file())
+
+
 def test_models_endpoints(stack):
     c = client(stack)
     assert [m.id for m in c.models.list()] == ["write_tutorial"]

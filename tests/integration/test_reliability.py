@@ -231,6 +231,22 @@ def test_upstream_connection_refused(llm_server, tmp_path_factory):
         assert os.listdir(folder / "tutorials") == []
 
 
+def test_generation_time_limit(llm_server, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("time-limit")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = gateway_env(llm_server, folder, GATEWAY_MAX_GENERATION_SECONDS="2")
+    with server(gunicorn_args(port), health_url=f"{url}/readyz", log=folder / "gunicorn.log", env=env):
+        s = stream_raw(url, body("Too slow [[pace:20]]", stream=True))
+        assert s.status == 200 and s.events[-1] == b"data: [DONE]\n\n"
+        assert s.data()[-2]["error"]["code"] == "generation_timeout"
+        r = httpx.post(f"{url}/v1/chat/completions", json=body("Too slow whole [[pace:20]]"), timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "generation_timeout"
+        assert r.headers["x-should-retry"] == "false"
+        assert settle(url, "gateway_active_generations", 0) == 0
+        assert os.listdir(folder / "tutorials") == []
+
+
 # --- hostile input ----------------------------------------------------------------------------------
 
 

@@ -52,3 +52,30 @@ def test_unexpected_errors_are_openai_500(settings):
     r = app.test_client().get("/boom")
     assert r.status_code == 500
     assert r.json["error"]["type"] == "server_error" and "secret" not in r.json["error"]["message"]
+
+
+def test_draining_turns_readiness_off_and_refuses_new_work(settings):
+    app = create_app(settings)
+    client = app.test_client()
+    app.extensions["gateway.lifecycle"].drain(deadline_seconds=3600)
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json == {"status": "draining"}
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "write_tutorial", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 503 and r.json["error"]["code"] == "server_shutting_down"
+    assert r.headers["x-should-retry"] == "true"  # no work had started
+    assert client.get("/healthz").status_code == 200  # alive while draining
+
+
+def test_admission_limit_answers_429_before_any_work(settings):
+    app = create_app(settings)
+    lifecycle = app.extensions["gateway.lifecycle"]
+    lifecycle.active.update(object() for _ in range(lifecycle.max_generations))
+    r = app.test_client().post(
+        "/v1/chat/completions",
+        json={"model": "write_tutorial", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert r.status_code == 429 and r.json["error"]["type"] == "rate_limit_error"
+    assert r.headers["Retry-After"]
