@@ -7,7 +7,7 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: install os-deps tools run test lint unit integration clean
+.PHONY: install os-deps tools run test lint unit integration bench bench-smoke clean
 
 # Everything the stack and the tests need: the locked Python environment, Debian's nginx, Prometheus,
 # the nginx exporter and docker-compose (apt, as root), and the linters for the deploy files.
@@ -29,9 +29,9 @@ run: install
 	./scripts/run_stack.sh
 
 lint: install
-	$(VENV)/bin/ruff check app scripted_llm scripts tests gunicorn.conf.py
-	$(VENV)/bin/ruff format --check app scripted_llm scripts tests gunicorn.conf.py
-	$(VENV)/bin/mypy app scripted_llm
+	$(VENV)/bin/ruff check app scripted_llm scripts bench tests gunicorn.conf.py
+	$(VENV)/bin/ruff format --check app scripted_llm scripts bench tests gunicorn.conf.py
+	$(VENV)/bin/mypy app scripted_llm bench
 
 unit: install
 	$(PY) -m pytest tests/unit
@@ -41,6 +41,15 @@ integration: install
 
 test: install lint
 	$(PY) -m pytest
+
+# The benchmark (bench/run.py): the whole stack under 50 to 1000 streams next to an nginx-only floor,
+# ~10 minutes; writes bench/out/<timestamp>/results.{json,md,png} and prints where.
+bench: install
+	$(PY) -m bench.run
+
+# The same, tiny (levels 5 and 10, 4 s each; well under a minute): proves the benchmark still works.
+bench-smoke: install
+	$(PY) -m bench.run --smoke
 
 clean:
 	rm -rf $(VENV) .venv-tools var .pytest_cache .mypy_cache .ruff_cache

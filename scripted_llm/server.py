@@ -183,6 +183,9 @@ class _Completion:
             "ended": None,
             "outcome": "running",
             "tokens_sent": 0,
+            # When the first content token was written (time.time()); None until then. The benchmark
+            # subtracts it from the client's first-token time to get the latency the gateway adds.
+            "first_token_at": None,
             "stream": bool(body.get("stream")),
             "fault": self.plan.fault.name if self.plan.fault else None,
             "language": script.extract_language(prompt),
@@ -355,6 +358,8 @@ class _Completion:
                 await _sleep(self.request, started + (index + 1) / pace - loop.time())
             elif index % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+            if index == 0:
+                self.entry["first_token_at"] = time.time()
             await self._send(response, _dumps(self._chunk({"content": token})))
             self.entry["tokens_sent"] = index + 1
         if fault is not None and fault.name == "cut":
