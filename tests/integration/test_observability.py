@@ -15,8 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
-from tests.dashboard_queries import dashboard_queries
 
+from tests.dashboard_queries import dashboard_queries
 from tests.integration.conftest import Stack, gateway_env, nginx_in_front
 from tests.integration.helpers import body, stream_raw
 from tests.procs import ROOT, free_port, gunicorn_args, nginx_exporter_args, prometheus_args, server
