@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 LINK_PREFIX = "\n\n---\n\n[Download "
 
@@ -50,3 +52,22 @@ def split_link(content: str) -> tuple[str, str]:
     """(tutorial text, link delta): the content ends with the download link the gateway appends."""
     index = content.rindex(LINK_PREFIX)
     return content[:index], content[index:]
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` on `url`/metrics whose labels include `labels`."""
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return sum(
+        s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def settle(url: str, name: str, expected: float, timeout: float = 10) -> float:
+    """Poll `name` until it equals `expected` (or `timeout` passes); its last value."""
+    deadline = time.monotonic() + timeout
+    while (value := metric(url, name)) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return value

@@ -11,10 +11,9 @@ from collections.abc import Iterator
 import httpx
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import gateway_env
-from tests.integration.helpers import body, stream_raw
+from tests.integration.helpers import body, metric, settle, stream_raw
 from tests.procs import free_port, gunicorn_args, server
 
 pytestmark = pytest.mark.integration
@@ -24,21 +23,8 @@ class Gateway2:
     def __init__(self, url: str, pid: int) -> None:
         self.url, self.pid = url, pid
 
-    def samples(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        text = httpx.get(f"{self.url}/metrics", timeout=10).text
-        out = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                out[(s.name, tuple(sorted(s.labels.items())))] = s.value
-        return out
-
     def value(self, name: str, **labels: str) -> float:
-        """Sum of the samples of `name` whose labels include `labels`."""
-        return sum(
-            v
-            for (n, ls), v in self.samples().items()
-            if n == name and all((k, val) in ls for k, val in labels.items())
-        )
+        return metric(self.url, name, **labels)
 
     def workers(self) -> list[int]:
         return [c.pid for c in psutil.Process(self.pid).children()]
@@ -62,12 +48,7 @@ def gw2(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[G
 
 
 def wait_gauge(gw: Gateway2, expected: float, timeout: float = 10) -> float:
-    deadline = time.monotonic() + timeout
-    value = gw.value("gateway_active_generations")
-    while value != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-        value = gw.value("gateway_active_generations")
-    return value
+    return settle(gw.url, "gateway_active_generations", expected, timeout)
 
 
 def test_streamed_bytes_equal_what_clients_received(gw2):

@@ -17,32 +17,14 @@ import httpx
 import openai
 import psutil
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
-from tests.integration.helpers import body, split_link, stream_raw
+from tests.integration.helpers import body, metric, settle, split_link, stream_raw
 from tests.procs import free_port, gunicorn_args, server
 
 pytestmark = pytest.mark.integration
 KEYS = ("key-one-7f3a", "key-two-91bc")
 LIMIT = 3
-
-
-def metric(url: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{url}/metrics", timeout=10).text
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == name and all(s.labels.get(k) == v for k, v in labels.items())
-    )
-
-
-def settle(url: str, name: str, expected: float, timeout: float = 10) -> float:
-    deadline = time.monotonic() + timeout
-    while (value := metric(url, name)) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return value
 
 
 @dataclass
