@@ -21,49 +21,21 @@ import openai
 import pytest
 
 from scripted_llm import script
+from tests.metagpt_prompts import outline_prompt, section_prompt
 from tests.procs import ROOT, free_port, scripted_llm_args, server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-COMMON_PROMPT = """
-You are now a seasoned technical professional in the field of the internet. 
-We need you to write a technical tutorial with the topic "{topic}".
-"""  # noqa: W291 - MetaGPT's template, trailing space included
-
-DIRECTORY_PROMPT = (
-    COMMON_PROMPT
-    + """
-Please provide the specific table of contents for this tutorial, strictly following the following requirements:
-1. The output must be strictly in the specified language, {language}.
-2. Answer strictly in the dictionary format like {{"title": "xxx", "directory": [{{"dir 1": ["sub dir 1", "sub dir 2"]}}, {{"dir 2": ["sub dir 3", "sub dir 4"]}}]}}.
-"""  # noqa: E501
-)
-
-CONTENT_PROMPT = (
-    COMMON_PROMPT
-    + """
-Now I will give you the module directory titles for the topic. 
-Please output the detailed principle content of this title in detail. 
-
-The module directory titles for the topic is as follows:
-{directory}
-
-Strictly limit output according to the following requirements:
-3. The output must be strictly in the specified language, {language}.
-5. Strict requirement not to output the topic "{topic}".
-"""  # noqa: W291
-)
 
 SYSTEM = {"role": "system", "content": "You are a Tutorial Assistant."}
 DIRECTORY = {"Introduction to Redis": ["What is Redis", "Installing Redis", "First Commands"]}
 
 
 def outline_messages(topic: str) -> list[Any]:
-    return [SYSTEM, {"role": "user", "content": DIRECTORY_PROMPT.format(topic=topic, language="English")}]
+    return [SYSTEM, {"role": "user", "content": outline_prompt(topic)}]
 
 
 def section_messages(topic: str, directory: dict[str, list[str]] = DIRECTORY) -> list[Any]:
-    prompt = CONTENT_PROMPT.format(topic=topic, language="English", directory=directory)
+    prompt = section_prompt(topic, directory)
     return [SYSTEM, {"role": "user", "content": prompt}]
 
 
