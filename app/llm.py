@@ -1,5 +1,5 @@
 """The LLM side of MetaGPT as the gateway runs it: configuration built once, one HTTP client per
-worker loop, and a provider that streams each token to its own request's sink.
+worker, and a provider that streams each token to its own request's sink.
 
 Imports metagpt: only import after `app.metagpt_env.prepare`.
 """
@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-import aiohttp
+import gevent
 from metagpt.config2 import Config
 from metagpt.configs.llm_config import LLMConfig
 from metagpt.const import USE_CONFIG_TIMEOUT
@@ -23,14 +23,14 @@ from app.errors import APIError, UpstreamError
 from app.metrics import Metrics
 from app.settings import Settings
 from app.storage import TutorialStore
-from app.upstream import new_session, stream_chat
+from app.upstream import UpstreamClient
 
 
 class GatewayLLM(OpenAILLM):
     """MetaGPT's OpenAI provider, as a service needs it.
 
-    - It streams over the worker's shared aiohttp session (`app.upstream`) instead of building an SDK client
-      per request (new TLS context, ~23 ms) and an SDK object per chunk.
+    - It streams over the worker's keep-alive connections (`app.upstream`), read by a greenlet, instead of
+      building an SDK client per request (new TLS context, ~23 ms) and an SDK object per chunk.
     - Tokens go straight to this request's sink: no process-global hook, so no cross-talk.
     - Retries happen only before the first byte of an answer (connection refused, 429, 5xx). MetaGPT's
       tenacity retry re-streams a reply the client has already seen (duplicated text) and waits minutes.
@@ -38,19 +38,16 @@ class GatewayLLM(OpenAILLM):
     MetaGPT's fallback counts with tiktoken, which downloads its tables at first use.
     """
 
-    def __init__(
-        self, config: LLMConfig, session: aiohttp.ClientSession, sink: Sink, metrics: Metrics, retries: int
-    ) -> None:
+    def __init__(self, config: LLMConfig, client: UpstreamClient, sink: Sink, metrics: Metrics) -> None:
         # NOTE: OpenAILLM.__init__ is skipped on purpose: it builds a new AsyncOpenAI client.
         self.config = config
         self.model = config.model
         self.pricing_plan = config.model
-        self.session = session
+        self.client = client
         self.auto_max_tokens = False
         self.cost_manager = None
         self.sink = sink
         self.metrics = metrics
-        self.retries = retries
 
     def _cons_kwargs(self, messages: list[dict], timeout: Any = USE_CONFIG_TIMEOUT, **extra: Any) -> dict:
         kwargs = super()._cons_kwargs(messages, timeout, **extra)
@@ -76,22 +73,16 @@ class GatewayLLM(OpenAILLM):
             self.metrics.llm_request_duration.observe(time.monotonic() - started)
 
     async def _stream(self, messages: list[dict]) -> str:
-        parts: list[str] = []
-        usage = None
-        token = self.sink.token
-        # NOTE: leaving this loop for any reason (cancellation included) closes the upstream response.
-        async for delta in stream_chat(
-            self.session,
-            self.config.base_url.rstrip("/") + "/chat/completions",
-            self._cons_kwargs(messages),
-            self.retries,
-        ):
-            if delta.content:
-                parts.append(delta.content)
-                token(delta.content)
-            if delta.usage is not None:
-                usage = delta.usage
-        reply = "".join(parts)
+        # NOTE: the reply is read by a greenlet, not by this coroutine: tokens go from the socket to the
+        # sink without an asyncio loop iteration each (see app/upstream.py). The loop wakes once, when
+        # the reply is complete; cancelling this coroutine kills the reader, which closes the response.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[tuple[str, dict[str, Any] | None]] = loop.create_future()
+        reader = gevent.spawn(self._read, self._cons_kwargs(messages), loop, done)
+        try:
+            reply, usage = await done
+        finally:
+            reader.kill(block=False)
         if usage is not None:
             self.sink.usage.add(
                 int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -100,6 +91,37 @@ class GatewayLLM(OpenAILLM):
             prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
             self.sink.usage.add(-(-prompt_chars // 4), -(-len(reply) // 4))
         return reply
+
+    def _read(
+        self,
+        payload: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        done: asyncio.Future[tuple[str, dict[str, Any] | None]],
+    ) -> None:
+        """The reader greenlet: stream the reply into the sink, then settle `done` on the loop."""
+        parts: list[str] = []
+        usage = None
+        token = self.sink.token
+        try:
+            for delta in self.client.stream_chat(payload):
+                if delta.content:
+                    parts.append(delta.content)
+                    token(delta.content)
+                if delta.usage is not None:
+                    usage = delta.usage
+        except Exception as exc:  # an UpstreamError, or a bug: MetaGPT's coroutine raises it
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, ("".join(parts), usage), None)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
 
 
 class Runtime:
@@ -119,18 +141,13 @@ class Runtime:
             stream=True,
         )
         self.config = Config(llm=self.llm_config)
-        self._session: aiohttp.ClientSession | None = None
-
-    def session(self) -> aiohttp.ClientSession:
-        # NOTE: built lazily on the bridge's loop: its connection pool belongs to that loop.
-        if self._session is None:
-            s = self.settings
-            self._session = new_session(
-                s.llm_api_key.get_secret_value(),
-                s.llm_timeout_seconds,
-                s.llm_connect_timeout_seconds,
-            )
-        return self._session
+        self.client = UpstreamClient(
+            settings.llm_base_url,
+            settings.llm_api_key.get_secret_value(),
+            read_timeout=settings.llm_timeout_seconds,
+            connect_timeout=settings.llm_connect_timeout_seconds,
+            retries=settings.llm_max_retries,
+        )
 
     def context(self) -> Context:
         return Context(config=self.config, cost_manager=CostManager())
@@ -139,7 +156,7 @@ class Runtime:
         config = self.llm_config
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
-        return GatewayLLM(config, self.session(), sink, self.metrics, self.settings.llm_max_retries)
+        return GatewayLLM(config, self.client, sink, self.metrics)
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:
