@@ -20,9 +20,9 @@ from urllib.parse import quote
 import gevent.queue
 
 from app import sse
-from app.agents.base import AgentRequest, AgentResult, AgentSpec, Kind, Sink
+from app.agents.base import AgentRequest, AgentResult, AgentSpec, Call, Kind, Sink
 from app.bridge import AsyncioBridge
-from app.errors import AgentError, APIError, GenerationTimeout
+from app.errors import AgentError, APIError, GenerationTimeout, UpstreamError
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
 from app.protocol import Completion, TutorialFile
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 class Token:
     kind: Kind
     text: str
+    count: int = 1  # upstream tokens (chunks) it holds
 
 
 @dataclass(frozen=True)
@@ -77,10 +78,13 @@ class Generation:
         self.max_seconds = max_seconds
         # NOTE: the queue is filled by the asyncio loop's greenlet and read by the request's greenlet;
         # both run on the worker's one thread, so a plain gevent queue is safe and wakes the reader.
-        self._events: gevent.queue.Queue[Event] = gevent.queue.Queue()
+        self._events: gevent.queue.Queue[Event | Call] = gevent.queue.Queue()
         self._pending: Event | None = None
         self._closed = False
-        sink = Sink(lambda kind, text: self._events.put(Token(kind, text)))
+        self._call: Call | None = None  # the LLM call being relayed
+        self._client = runtime.client
+        sink = Sink(lambda kind, text: self._events.put(Token(kind, text)), self._events.put)
+        self._sink = sink
         lifecycle.started(self)
         self._future = bridge.submit(self._job(spec, request, sink, runtime))
 
@@ -110,36 +114,60 @@ class Generation:
             self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()) - 1)
 
     def next(self, timeout: float | None) -> Event | None:
-        """The next event, or None after `timeout` seconds of silence."""
+        """The next event, or None after `timeout` seconds of silence.
+
+        LLM calls are relayed here, by the caller's greenlet: each read of the upstream socket becomes
+        one Token (see `app.upstream`), and the call's future is settled on the loop at its end.
+        """
         if self._pending is not None:
             event, self._pending = self._pending, None
             return event
-        try:
-            return self._events.get(timeout=timeout)
-        except gevent.queue.Empty:
-            return None
-
-    def coalesce(self, first: Token) -> tuple[Token, int]:
-        """`first` plus the same kind's tokens already waiting, as one token (and how many it holds).
-
-        Under load tokens queue up while the writer waits its turn; one event for all of them costs
-        one JSON dump and one socket write instead of many. The text is the same.
-        """
-        if self._pending is not None:
-            return first, 1
-        texts, count = [first.text], 1
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            try:
-                event = self._events.get_nowait()
-            except gevent.queue.Empty:
-                break
-            if isinstance(event, Token) and event.kind == first.kind:
-                texts.append(event.text)
-                count += 1
-            else:
-                self._pending = event
-                break
-        return (Token(first.kind, "".join(texts)) if count > 1 else first), count
+            wait = None if deadline is None else deadline - time.monotonic()
+            call = self._call
+            if call is None:
+                try:
+                    item = self._events.get(timeout=None if wait is None else max(wait, 0.0))
+                except gevent.queue.Empty:
+                    return None
+                if not isinstance(item, Call):
+                    return item
+                if item.cancelled:
+                    continue
+                self._call = call = item
+                call.stream = self._client.stream(call.payload)
+            token = self._relay(call, wait)
+            if token is not None:
+                return token
+            if wait is not None and wait <= 0:
+                return None
+
+    def _relay(self, call: Call, wait: float | None) -> Token | None:
+        """One read of the call's reply as a Token, or None: silent for `wait` (then `next` returns
+        None too), or nothing to show (headers, usage), or the call ended (`next` goes on)."""
+        assert call.stream is not None
+        try:
+            read = call.stream.read(wait)
+        except UpstreamError as exc:
+            self._call = None
+            call.settle(exc)
+            return None
+        except OSError:  # closed: the call was cancelled on the loop, whose events come next
+            self._call = None
+            return None
+        if read.usage is not None:
+            call.usage = read.usage
+        if call.stream.finished:
+            self._call = None
+        token = None
+        if read.text:
+            call.parts.append(read.text)
+            self._sink.relayed(call.kind, read.text)
+            token = Token(call.kind, read.text, read.tokens)
+        if call.stream.finished:
+            call.settle()
+        return token
 
     def peek(self, timeout: float) -> Event | None:
         """Wait up to `timeout` for the first event without consuming it."""
@@ -155,6 +183,9 @@ class Generation:
 
     def close(self, outcome: str) -> None:
         """Cancel the job if it still runs, and record how the generation ended (once)."""
+        if self._call is not None:  # the upstream sees its response closed now
+            self._call.cancel()
+            self._call = None
         if not self._future.done():
             self._future.cancel()
         if not self._closed:
@@ -174,7 +205,7 @@ def collect(generation: Generation) -> tuple[str, str, AgentResult]:
             event = generation.next(timeout=None)
             if isinstance(event, Token):
                 parts[event.kind].append(event.text)
-                tokens.labels(generation.model, event.kind).inc()
+                tokens.labels(generation.model, event.kind).inc(event.count)
             elif isinstance(event, Finished):
                 outcome = "completed"
                 return "".join(parts["content"]), "".join(parts["reasoning"]), event.result
@@ -208,8 +239,7 @@ def _events(
             if first_token:
                 first_token = False
                 metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
-            event, count = generation.coalesce(event)
-            metrics.streamed_tokens.labels(model, event.kind).inc(count)
+            metrics.streamed_tokens.labels(model, event.kind).inc(event.count)
             key = "content" if event.kind == "content" else "reasoning_content"
             yield sse.data(completion.chunk({key: event.text}))
         elif isinstance(event, Finished):

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import gevent
 from metagpt.config2 import Config
 from metagpt.configs.llm_config import LLMConfig
 from metagpt.const import USE_CONFIG_TIMEOUT
@@ -18,7 +17,7 @@ from metagpt.context import Context
 from metagpt.provider.openai_api import OpenAILLM
 from metagpt.utils.cost_manager import CostManager
 
-from app.agents.base import Sink
+from app.agents.base import Call, Sink
 from app.errors import APIError, UpstreamError
 from app.metrics import Metrics
 from app.settings import Settings
@@ -29,8 +28,9 @@ from app.upstream import UpstreamClient
 class GatewayLLM(OpenAILLM):
     """MetaGPT's OpenAI provider, as a service needs it.
 
-    - It streams over the worker's keep-alive connections (`app.upstream`), read by a greenlet, instead of
-      building an SDK client per request (new TLS context, ~23 ms) and an SDK object per chunk.
+    - Its replies are streamed by the request's greenlet over the worker's keep-alive connections
+      (`app.upstream`), instead of an SDK client built per request (new TLS context, ~23 ms) and an SDK
+      object per chunk, each an asyncio loop iteration away from the client.
     - Tokens go straight to this request's sink: no process-global hook, so no cross-talk.
     - Retries happen only before the first byte of an answer (connection refused, 429, 5xx). MetaGPT's
       tenacity retry re-streams a reply the client has already seen (duplicated text) and waits minutes.
@@ -38,12 +38,11 @@ class GatewayLLM(OpenAILLM):
     MetaGPT's fallback counts with tiktoken, which downloads its tables at first use.
     """
 
-    def __init__(self, config: LLMConfig, client: UpstreamClient, sink: Sink, metrics: Metrics) -> None:
+    def __init__(self, config: LLMConfig, sink: Sink, metrics: Metrics) -> None:
         # NOTE: OpenAILLM.__init__ is skipped on purpose: it builds a new AsyncOpenAI client.
         self.config = config
         self.model = config.model
         self.pricing_plan = config.model
-        self.client = client
         self.auto_max_tokens = False
         self.cost_manager = None
         self.sink = sink
@@ -73,16 +72,17 @@ class GatewayLLM(OpenAILLM):
             self.metrics.llm_request_duration.observe(time.monotonic() - started)
 
     async def _stream(self, messages: list[dict]) -> str:
-        # NOTE: the reply is read by a greenlet, not by this coroutine: tokens go from the socket to the
-        # sink without an asyncio loop iteration each (see app/upstream.py). The loop wakes once, when
-        # the reply is complete; cancelling this coroutine kills the reader, which closes the response.
+        # NOTE: the reply is not read here: the request's greenlet streams it from the socket to the
+        # client (app.generation, app.upstream), with no asyncio iteration per token, and settles the
+        # future when it is complete. Cancelling this coroutine cancels the call, which closes the
+        # upstream response.
         loop = asyncio.get_running_loop()
-        done: asyncio.Future[tuple[str, dict[str, Any] | None]] = loop.create_future()
-        reader = gevent.spawn(self._read, self._cons_kwargs(messages), loop, done)
+        call = Call(self._cons_kwargs(messages), self.sink.kind, loop, loop.create_future())
+        self.sink.call(call)
         try:
-            reply, usage = await done
+            reply, usage = await call.future
         finally:
-            reader.kill(block=False)
+            call.cancel()
         if usage is not None:
             self.sink.usage.add(
                 int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
@@ -91,37 +91,6 @@ class GatewayLLM(OpenAILLM):
             prompt_chars = sum(len(str(m.get("content", ""))) for m in messages)
             self.sink.usage.add(-(-prompt_chars // 4), -(-len(reply) // 4))
         return reply
-
-    def _read(
-        self,
-        payload: dict[str, Any],
-        loop: asyncio.AbstractEventLoop,
-        done: asyncio.Future[tuple[str, dict[str, Any] | None]],
-    ) -> None:
-        """The reader greenlet: stream the reply into the sink, then settle `done` on the loop."""
-        parts: list[str] = []
-        usage = None
-        token = self.sink.token
-        try:
-            for delta in self.client.stream_chat(payload):
-                if delta.content:
-                    parts.append(delta.content)
-                    token(delta.content)
-                if delta.usage is not None:
-                    usage = delta.usage
-        except Exception as exc:  # an UpstreamError, or a bug: MetaGPT's coroutine raises it
-            loop.call_soon_threadsafe(_settle, done, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, done, ("".join(parts), usage), None)
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():  # cancelled meanwhile
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
 
 
 class Runtime:
@@ -156,7 +125,7 @@ class Runtime:
         config = self.llm_config
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
-        return GatewayLLM(config, self.client, sink, self.metrics)
+        return GatewayLLM(config, sink, self.metrics)
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:

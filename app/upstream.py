@@ -1,25 +1,26 @@
-"""The upstream LLM call, lean: read by a greenlet over keep-alive connections, SSE decoded by hand.
+"""The upstream LLM call, lean: read by the request's own greenlet, HTTP parsed in C, SSE by hand.
 
-The token path never touches asyncio. At 20 tokens/s every token is its own read; through aiohttp on
-the bridge's asyncio loop each one cost several loop iterations and wake-ups (~170 us of CPU per
-token, measured), while a greenlet blocked in `recv` on gevent's hub costs one switch. So the
-stdlib's `http.client` (gevent-patched sockets) streams the response with `read1` (whatever one chunk
-holds, never waiting for more), and the gateway reads only `choices[0].delta.content` and the final
-`usage` from each chunk's JSON (the openai SDK builds a pydantic object per chunk). Every failure
-leaves here as an `UpstreamError`.
+The token path never touches asyncio, nor a queue. At 20 tokens/s every token is its own read;
+through aiohttp on the bridge's asyncio loop each one cost several loop iterations and wake-ups
+(~170 us of CPU per token, measured). Here the greenlet that writes the client's response also reads
+the upstream socket (gevent-patched, non-blocking), feeds the bytes to `httptools` (llhttp, the
+parser node.js uses) and reads only `choices[0].delta.content` and the final `usage` from each
+chunk's JSON (the openai SDK builds a pydantic object per chunk). Whatever arrived in one read
+becomes one event. Connections are kept alive and reused. Every failure leaves here as an
+`UpstreamError`.
 """
 
 from __future__ import annotations
 
-import http.client
 import socket
 import ssl
-from collections.abc import Iterator
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import gevent
+import httptools
 import orjson
 
 from app.errors import UpstreamError
@@ -29,6 +30,8 @@ _RETRY_STATUSES = {429, 500, 502, 503, 504}
 _MAX_BACKOFF_SECONDS = 5.0
 _READ_SIZE = 65536
 _MAX_IDLE_CONNECTIONS = 512
+_DONE = b"[DONE]"
+_DRAIN_SECONDS = 5.0
 
 
 class EventDecoder:
@@ -81,9 +84,9 @@ def parse_chunk(payload: bytes) -> Delta:
     return Delta(content, usage if isinstance(usage, dict) else None)
 
 
-def _backoff(attempt: int, response: http.client.HTTPResponse | None) -> float:
-    if response is not None and (after := response.getheader("retry-after", "")).isdigit():
-        return min(float(after), _MAX_BACKOFF_SECONDS)
+def _backoff(attempt: int, retry_after: bytes) -> float:
+    if retry_after.isdigit():
+        return min(float(retry_after), _MAX_BACKOFF_SECONDS)
     return min(0.5 * 2**attempt, _MAX_BACKOFF_SECONDS)
 
 
@@ -91,15 +94,60 @@ class _Stale(Exception):
     """A reused keep-alive connection turned out closed before it answered: try a fresh one."""
 
 
-class _ConnectFailed(Exception):
-    """No connection could be made (refused, unreachable, DNS, connect timeout): nothing was sent."""
+class _Response:
+    """httptools' callbacks for one response: status known, body pieces, complete."""
+
+    __slots__ = ("body", "complete", "headers_done", "retry_after")
+
+    def __init__(self) -> None:
+        self.headers_done = False
+        self.body: list[bytes] = []
+        self.complete = False
+        self.retry_after = b""
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"retry-after":
+            self.retry_after = value.strip()
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+class _Connection:
+    __slots__ = ("sock", "used")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.used = False
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@dataclass
+class Read:
+    """What one read of the reply brought: its content text (maybe empty), how many chunks had
+    content, the usage (on the last), and whether the upstream was merely silent."""
+
+    text: str = ""
+    tokens: int = 0
+    usage: dict[str, Any] | None = None
+    silent: bool = False
+
+
+SILENT = Read(silent=True)
 
 
 class UpstreamClient:
     """The worker's client for the LLM's `/chat/completions`: a pool of keep-alive connections.
 
-    Used from greenlets only (it blocks cooperatively). One instance per worker; not thread-safe, and
-    it needs none: the worker has one OS thread.
+    Used from greenlets only (it blocks cooperatively); one per worker, which has one OS thread.
     """
 
     def __init__(
@@ -108,129 +156,230 @@ class UpstreamClient:
         url = urlsplit(base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise ValueError(f"the LLM base URL must be http(s)://host[:port]/path, not {base_url!r}")
-        self._https = url.scheme == "https"
         self._host = url.hostname
-        self._port = url.port or (443 if self._https else 80)
-        self._path = url.path.rstrip("/") + "/chat/completions"
-        self._tls = ssl.create_default_context() if self._https else None
-        self._headers = {
-            "Authorization": f"Bearer {api_key}",
-            "Content-Type": "application/json",
-            "Accept": "text/event-stream",
-        }
-        self._read_timeout = read_timeout
+        self._port = url.port or (443 if url.scheme == "https" else 80)
+        self._tls = ssl.create_default_context() if url.scheme == "https" else None
+        host = url.netloc.rpartition("@")[2]
+        path = url.path.rstrip("/") + "/chat/completions"
+        self._head = (
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {api_key}\r\n"
+            "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+            "User-Agent: metagpt-agent-gateway\r\nContent-Length: "
+        ).encode("latin-1")
+        self.read_timeout = read_timeout
         self._connect_timeout = connect_timeout
-        self._retries = retries
-        self._idle: list[http.client.HTTPConnection] = []
+        self.retries = retries
+        self._idle: list[_Connection] = []
 
-    def _new_connection(self) -> http.client.HTTPConnection:
-        conn: http.client.HTTPConnection
-        if self._tls is not None:
-            conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self._connect_timeout, context=self._tls
-            )
-        else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self._connect_timeout)
+    def connect(self) -> _Connection:
+        """An idle keep-alive connection if there is one, else a new one (raises OSError)."""
+        if self._idle:
+            return self._idle.pop()
+        sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
         try:
-            conn.connect()
-        except OSError as exc:
-            conn.close()
-            raise _ConnectFailed(str(exc)) from None
-        assert conn.sock is not None
-        conn.sock.settimeout(self._read_timeout)
-        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return conn
-
-    def _send(self, body: bytes) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
-        """POST on an idle connection if there is one (a stale one is dropped), else on a new one."""
-        while self._idle:
-            conn = self._idle.pop()
-            try:
-                return conn, self._request(conn, body, reused=True)
-            except _Stale:
-                conn.close()
-        conn = self._new_connection()
-        try:
-            return conn, self._request(conn, body, reused=False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._tls is not None:
+                sock = self._tls.wrap_socket(sock, server_hostname=self._host)
         except BaseException:
-            conn.close()
+            sock.close()
             raise
+        return _Connection(sock)
 
-    def _request(
-        self, conn: http.client.HTTPConnection, body: bytes, reused: bool
-    ) -> http.client.HTTPResponse:
-        try:
-            conn.request("POST", self._path, body=body, headers=self._headers)
-            return conn.getresponse()
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-            if reused:
-                raise _Stale() from None
-            raise
-
-    def _release(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
-        if response.isclosed() and not response.will_close and len(self._idle) < _MAX_IDLE_CONNECTIONS:
+    def release(self, conn: _Connection) -> None:
+        if len(self._idle) < _MAX_IDLE_CONNECTIONS:
+            conn.used = True
             self._idle.append(conn)
         else:
             conn.close()
 
-    def _finish(self, conn: http.client.HTTPConnection, response: http.client.HTTPResponse) -> None:
-        """After [DONE]: read the body's end (the chunked terminator) so the connection is reusable."""
-        try:
-            while response.read1(_READ_SIZE):
-                pass
-        except (http.client.HTTPException, OSError):
-            conn.close()
-            return
-        self._release(conn, response)
-
-    def stream_chat(self, payload: dict[str, Any]) -> Iterator[Delta]:
-        """POST a streaming chat completion and yield its deltas. Closing the iterator early (or
-        killing the greenlet) closes the connection, which is how the upstream learns to stop."""
+    def request_bytes(self, payload: dict[str, Any]) -> bytes:
         body = orjson.dumps({**payload, "stream": True, "stream_options": {"include_usage": True}})
-        for attempt in range(self._retries + 1):
-            conn: http.client.HTTPConnection | None = None
-            try:
-                try:
-                    conn, response = self._send(body)
-                except _ConnectFailed:
-                    if attempt < self._retries:
-                        gevent.sleep(_backoff(attempt, None))
-                        continue
-                    raise UpstreamError(
-                        "The upstream LLM could not be reached.", code="upstream_unavailable"
-                    ) from None
-                if response.status in _RETRY_STATUSES and attempt < self._retries:
-                    conn.close()
-                    gevent.sleep(_backoff(attempt, response))
-                    continue
-                if response.status != 200:
-                    conn.close()
-                    raise UpstreamError(
-                        f"The upstream LLM answered with HTTP {response.status}.", code="upstream_status"
-                    )
-                decoder = EventDecoder()
-                while raw := response.read1(_READ_SIZE):
-                    for data in decoder.feed(raw):
-                        if data == b"[DONE]":
-                            self._finish(conn, response)
-                            conn = None
-                            return
-                        yield parse_chunk(data)
-                self._release(conn, response)
-                conn = None
-                return
-            except TimeoutError:
-                raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout") from None
-            except (http.client.HTTPException, OSError):
-                # a dropped connection, a cut body, a malformed response
-                raise UpstreamError(
-                    "The upstream LLM dropped the connection or sent a broken response.",
-                    code="upstream_unavailable",
-                ) from None
-            finally:
-                if conn is not None:
-                    conn.close()
+        return self._head + str(len(body)).encode() + b"\r\n\r\n" + body
+
+    def stream(self, payload: dict[str, Any]) -> UpstreamStream:
+        """A streaming chat completion, not started yet: `read()` connects, sends and reads it."""
+        return UpstreamStream(self, self.request_bytes(payload))
 
     def close(self) -> None:
         while self._idle:
             self._idle.pop().close()
+
+
+class UpstreamStream:
+    """One streaming reply, read piece by piece by the greenlet that relays it.
+
+    `read(wait)` returns what arrived within `wait` seconds (an empty `Read` when the upstream was
+    silent that long: time for a heartbeat) and sets `finished` at the end. Retries (connection
+    refused, 429, 5xx) happen before the first byte of the answer only. `close()` may be called from
+    another greenlet: the reader then fails at once with an `OSError`.
+    """
+
+    def __init__(self, client: UpstreamClient, request: bytes) -> None:
+        self._client = client
+        self._request = request
+        self._conn: _Connection | None = None
+        self._parser: Any = None
+        self._response = _Response()
+        self._decoder = EventDecoder()
+        self._attempt = 0
+        self._last = 0.0
+        self.finished = False
+        self.closed = False
+
+    def _start(self) -> None:
+        """Connect and send, retrying while nothing of the answer arrived."""
+        client = self._client
+        while True:
+            try:
+                conn = client.connect()
+            except OSError:  # refused, unreachable, DNS, connect timeout
+                if self._attempt < client.retries:
+                    self._pause(_backoff(self._attempt, b""))
+                    continue
+                raise UpstreamError(
+                    "The upstream LLM could not be reached.", code="upstream_unavailable"
+                ) from None
+            if self.closed:
+                conn.close()
+                raise OSError("closed")
+            self._conn = conn
+            self._response = _Response()
+            self._parser = httptools.HttpResponseParser(self._response)
+            self._decoder = EventDecoder()
+            self._last = time.monotonic()
+            try:
+                conn.sock.settimeout(self._client.read_timeout)
+                conn.sock.sendall(self._request)
+            except OSError:
+                self._drop()
+                if conn.used:
+                    continue  # a stale keep-alive connection: a fresh one does not count as a retry
+                raise UpstreamError(
+                    "The upstream LLM dropped the connection.", code="upstream_unavailable"
+                ) from None
+            return
+
+    def _pause(self, seconds: float) -> None:
+        self._attempt += 1
+        gevent.sleep(seconds)
+        if self.closed:
+            raise OSError("closed")
+
+    def _drop(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def read(self, wait: float | None) -> Read:
+        try:
+            return self._read(wait)
+        except UpstreamError:
+            self._drop()
+            raise
+        except OSError:
+            self._drop()
+            if self.closed:
+                raise
+            raise UpstreamError(
+                "The upstream LLM dropped the connection or sent a broken response.",
+                code="upstream_unavailable",
+            ) from None
+        except httptools.HttpParserError:
+            self._drop()
+            raise UpstreamError(
+                "The upstream LLM sent a malformed HTTP response.", code="upstream_unavailable"
+            ) from None
+
+    def _read(self, wait: float | None) -> Read:
+        if wait is not None and wait <= 0:
+            return SILENT
+        while True:
+            if self._conn is None:
+                self._start()
+            assert self._conn is not None
+            sock, response = self._conn.sock, self._response
+            idle = time.monotonic() - self._last
+            limit = self._client.read_timeout - idle
+            if limit <= 0:
+                raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
+            sock.settimeout(limit if wait is None else min(wait, limit))
+            try:
+                data = sock.recv(_READ_SIZE)
+            except TimeoutError:
+                if wait is not None and wait < limit:
+                    return SILENT
+                raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout") from None
+            self._last = time.monotonic()
+            if not data:
+                stale = self._conn.used and not response.headers_done and not response.body
+                self._drop()
+                if stale:  # a keep-alive connection the server had closed: try again, afresh
+                    continue
+                raise UpstreamError(
+                    "The upstream LLM closed the connection before the end of its answer.",
+                    code="upstream_unavailable",
+                )
+            self._parser.feed_data(data)
+            if not response.headers_done:
+                continue
+            status = self._parser.get_status_code()
+            if status != 200:
+                self._drop()
+                if status in _RETRY_STATUSES and self._attempt < self._client.retries:
+                    self._pause(_backoff(self._attempt, response.retry_after))
+                    continue
+                raise UpstreamError(f"The upstream LLM answered with HTTP {status}.", code="upstream_status")
+            return self._events()
+
+    def _events(self) -> Read:
+        response = self._response
+        body, response.body = response.body, []
+        texts: list[str] = []
+        usage = None
+        for piece in body:
+            for data in self._decoder.feed(piece):
+                if data == _DONE:
+                    self._finish()
+                    return Read("".join(texts), len(texts), usage)
+                delta = parse_chunk(data)
+                if delta.content:
+                    texts.append(delta.content)
+                if delta.usage is not None:
+                    usage = delta.usage
+        if response.complete:  # the body ended without [DONE]: what arrived is the whole answer
+            self._finish()
+        return Read("".join(texts), len(texts), usage)
+
+    def _finish(self) -> None:
+        self.finished = True
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if not self._parser.should_keep_alive():
+            conn.close()
+        elif self._response.complete:
+            self._client.release(conn)
+        else:  # [DONE] came before the body's end (the chunked terminator): reuse it once that arrives
+            gevent.spawn(_drain, self._client, conn, self._parser, self._response)
+
+    def close(self) -> None:
+        """Stop: closes the connection (the upstream sees the client go) and wakes a blocked reader."""
+        self.closed = True
+        self._drop()
+
+
+def _drain(client: UpstreamClient, conn: _Connection, parser: Any, response: _Response) -> None:
+    try:
+        conn.sock.settimeout(_DRAIN_SECONDS)
+        while not response.complete:
+            data = conn.sock.recv(_READ_SIZE)
+            if not data:
+                raise OSError("closed")
+            parser.feed_data(data)
+    except (OSError, httptools.HttpParserError):
+        conn.close()
+        return
+    if parser.should_keep_alive():
+        client.release(conn)
+    else:
+        conn.close()

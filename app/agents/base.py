@@ -6,14 +6,16 @@ the worker's asyncio loop; it builds fresh MetaGPT objects each time.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from app.protocol import Usage
 
 if TYPE_CHECKING:
     from app.llm import Runtime
+    from app.upstream import UpstreamStream
 
 Kind = Literal["reasoning", "content"]
 Emit = Callable[[Kind, str], None]
@@ -39,24 +41,60 @@ class AgentResult:
     file: WrittenFile | None = None
 
 
-class Sink:
-    """Where one request's tokens go. Each request's LLM holds its own sink, so tokens can't cross."""
+@dataclass(eq=False)
+class Call:
+    """One LLM call MetaGPT awaits on the loop. The request's greenlet streams it (`app.generation`)
+    and settles `future` with (reply, usage) or an `UpstreamError`; `cancel()` comes from the loop."""
 
-    def __init__(self, emit: Emit) -> None:
+    payload: dict[str, Any]
+    kind: Kind
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[tuple[str, dict[str, Any] | None]]
+    stream: UpstreamStream | None = None
+    cancelled: bool = False
+    parts: list[str] = field(default_factory=list)
+    usage: dict[str, Any] | None = None
+
+    def settle(self, exc: BaseException | None = None) -> None:
+        if not self.cancelled:
+            result = ("".join(self.parts), self.usage)
+            self.loop.call_soon_threadsafe(_settle, self.future, result, exc)
+
+    def cancel(self) -> None:
+        """Nobody waits any more: a reader blocked on the upstream wakes and drops it."""
+        self.cancelled = True
+        if self.stream is not None and not self.stream.finished:
+            self.stream.close()
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():  # cancelled meanwhile
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+class Sink:
+    """Where one request's output goes. Each request's LLM holds its own sink, so tokens can't cross."""
+
+    def __init__(self, emit: Emit, call: Callable[[Call], None]) -> None:
         self._emit = emit
+        self.call = call
         self.kind: Kind = "reasoning"
         self.usage = Usage()
         self.content_parts: list[str] = []
 
-    def token(self, text: str) -> None:
-        """A token from the upstream LLM, shown as whatever the agent's current phase is."""
-        if text:
-            self.emit(self.kind, text)
-
     def emit(self, kind: Kind, text: str) -> None:
+        """Text the agent itself adds (a title, a separator)."""
+        self.relayed(kind, text)
+        self._emit(kind, text)
+
+    def relayed(self, kind: Kind, text: str) -> None:
+        """Text that was sent to the client directly (an LLM reply, relayed as it streamed)."""
         if kind == "content":
             self.content_parts.append(text)
-        self._emit(kind, text)
 
     def content(self) -> str:
         return "".join(self.content_parts)

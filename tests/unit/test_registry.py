@@ -30,13 +30,12 @@ def test_build_registry_lists_write_tutorial_first(settings):
     assert next(spec.id for spec in build_registry()) == "write_tutorial"
 
 
-def test_sink_routes_tokens_by_phase_and_keeps_content():
-    events = []
-    sink = Sink(lambda kind, text: events.append((kind, text)))
-    sink.token("{")
-    sink.token("")  # empty tokens (role and finish chunks) are dropped
-    sink.kind = "content"
+def test_sink_sends_agent_text_and_keeps_all_content():
+    events, calls = [], []
+    sink = Sink(lambda kind, text: events.append((kind, text)), calls.append)
+    sink.relayed("reasoning", "{")  # relayed text was sent already: recorded, not sent again
     sink.emit("content", "# T")
-    sink.token(" body")
-    assert events == [("reasoning", "{"), ("content", "# T"), ("content", " body")]
+    sink.relayed("content", " body")
+    assert events == [("content", "# T")]
     assert sink.content() == "# T body"
+    assert calls == []
