@@ -116,6 +116,7 @@ class Runtime:
             read_timeout=settings.llm_timeout_seconds,
             connect_timeout=settings.llm_connect_timeout_seconds,
             retries=settings.llm_max_retries,
+            poll_interval=settings.relay_interval_ms / 1000,
         )
 
     def context(self) -> Context:
