@@ -229,6 +229,11 @@ def _events(
     """The SSE body as a sequence of events; `status[0]` says how it ended."""
     metrics, model = generation.metrics, generation.model
     first_token = True
+    frames = {
+        "content": sse.Template(lambda text: completion.chunk({"content": text})),
+        "reasoning": sse.Template(lambda text: completion.chunk({"reasoning_content": text})),
+    }
+    tokens = {kind: metrics.streamed_tokens.labels(model, kind) for kind in frames}
     yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
     while True:
         event = generation.next(timeout=heartbeat)
@@ -239,9 +244,8 @@ def _events(
             if first_token:
                 first_token = False
                 metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
-            metrics.streamed_tokens.labels(model, event.kind).inc(event.count)
-            key = "content" if event.kind == "content" else "reasoning_content"
-            yield sse.data(completion.chunk({key: event.text}))
+            tokens[event.kind].inc(event.count)
+            yield frames[event.kind](event.text)
         elif isinstance(event, Finished):
             file = tutorial_file(event.result, base_url)
             extra = {}

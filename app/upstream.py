@@ -104,9 +104,11 @@ class _Stale(Exception):
 class _Response:
     """httptools' callbacks for one response: status known, body pieces, complete."""
 
-    __slots__ = ("body", "complete", "headers_done", "retry_after")
+    __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser", "retry_after")
 
     def __init__(self) -> None:
+        self.parser: Any = None
+        self.keep_alive = False
         self.headers_done = False
         self.body: list[bytes] = []
         self.complete = False
@@ -118,6 +120,8 @@ class _Response:
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
+        # NOTE: asked here: once the message is complete llhttp has reset and always answers False.
+        self.keep_alive = self.parser.should_keep_alive()
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
@@ -340,6 +344,7 @@ class UpstreamStream:
             self._conn = conn
             self._response = _Response()
             self._parser = httptools.HttpResponseParser(self._response)
+            self._response.parser = self._parser
             self._decoder = EventDecoder()
             self._last = time.monotonic()
             try:
@@ -458,7 +463,7 @@ class UpstreamStream:
         conn, self._conn = self._conn, None
         if conn is None:
             return
-        if not self._parser.should_keep_alive():
+        if not self._response.keep_alive:
             conn.close()
         elif self._response.complete:
             self._client.release(conn)
@@ -483,7 +488,7 @@ def _drain(client: UpstreamClient, conn: _Connection, parser: Any, response: _Re
     except (OSError, httptools.HttpParserError):
         conn.close()
         return
-    if parser.should_keep_alive():
+    if response.keep_alive:
         client.release(conn)
     else:
         conn.close()

@@ -1,6 +1,7 @@
 import pytest
 
 from app import sse
+from app.protocol import Completion
 
 
 @pytest.mark.parametrize(
@@ -30,3 +31,20 @@ def test_done_and_headers():
     assert sse.HEADERS["Content-Type"].startswith("text/event-stream")
     assert sse.HEADERS["Cache-Control"] == "no-cache"
     assert sse.HEADERS["X-Accel-Buffering"] == "no"
+
+
+@pytest.mark.parametrize(
+    "text", ["", " hello", 'quote " and \\ backslash', "line\nbreak", "café 🚀", "\x00\x1f"]
+)
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_template_is_byte_identical_to_a_full_dump(text, include_usage):
+    completion = Completion(model="write_tutorial", include_usage=include_usage)
+    template = sse.Template(lambda t: completion.chunk({"reasoning_content": t}))
+    assert template(text) == sse.data(completion.chunk({"reasoning_content": text}))
+
+
+def test_template_needs_exactly_one_slot():
+    with pytest.raises(ValueError):
+        sse.Template(lambda t: {"a": t, "b": t})
+    with pytest.raises(ValueError):
+        sse.Template(lambda t: {"a": "fixed"})

@@ -1,0 +1,119 @@
+"""`app.upstream` against the real scripted LLM: keep-alive reuse, stale connections, silence and
+timeouts through the batch poller, and a close from another greenlet waking a blocked reader."""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import gevent
+import httpx
+import pytest
+
+from app.errors import UpstreamError
+from app.upstream import UpstreamClient, UpstreamStream
+from tests.metagpt_prompts import outline_prompt
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+def payload(topic: str) -> dict[str, Any]:
+    return {"model": "scripted", "messages": [{"role": "user", "content": outline_prompt(topic)}]}
+
+
+def client(llm_server: str, **kwargs: Any) -> UpstreamClient:
+    options = {"read_timeout": 30.0, "connect_timeout": 5.0, "retries": 0, **kwargs}
+    return UpstreamClient(f"{llm_server}/v1", "k", **options)
+
+
+def read_all(stream: UpstreamStream) -> tuple[str, int]:
+    texts, tokens = [], 0
+    while not stream.finished:
+        read = stream.read(None)
+        texts.append(read.text)
+        tokens += read.tokens
+    return "".join(texts), tokens
+
+
+def run(fn: Any, *args: Any) -> Any:
+    return gevent.spawn(fn, *args).get(timeout=30)
+
+
+def journal(llm_server: str, topic: str) -> dict[str, Any]:
+    entries = httpx.get(f"{llm_server}/_scripted/requests").json()["requests"]
+    name = topic.split("[[")[0].strip()  # the journal shows the topic without its directives
+    return next(e for e in reversed(entries) if (e["topic"] or "").split("[[")[0].strip() == name)
+
+
+def test_a_reply_streams_whole_and_its_connection_is_reused(llm_server):
+    c = client(llm_server)
+    text, tokens = run(read_all, c.stream(payload("Keep-alive one")))
+    assert text.startswith("{") and tokens == journal(llm_server, "Keep-alive one")["tokens_sent"]
+    gevent.sleep(0.3)  # the body's end (chunked terminator) is read after [DONE]
+    assert len(c._idle) == 1
+    first = c._idle[0]
+    text2, _ = run(read_all, c.stream(payload("Keep-alive two")))
+    assert text2.startswith("{")
+    gevent.sleep(0.3)
+    assert c._idle == [first]  # the same connection served both
+    c.close()
+
+
+def test_a_connection_that_died_while_idle_is_replaced_without_a_retry(llm_server):
+    c = client(llm_server, retries=0)
+    run(read_all, c.stream(payload("Stale one")))
+    gevent.sleep(0.3)
+    (idle,) = c._idle
+    idle.sock.shutdown(socket.SHUT_RDWR)  # as if the server had closed it
+    text, _ = run(read_all, c.stream(payload("Stale two")))
+    assert text.startswith("{")
+    assert journal(llm_server, "Stale two")["outcome"] == "completed"
+    c.close()
+
+
+def test_silence_is_reported_then_times_out(llm_server):
+    topic = "Silent [[pace:50]][[fault:stall]][[after:2]][[stall:20]]"
+    c = client(llm_server, read_timeout=1.5)
+    stream = c.stream(payload(topic))
+
+    def reads() -> list[Any]:
+        out = []
+        while True:
+            try:
+                out.append(stream.read(0.4))
+            except UpstreamError as exc:
+                out.append(exc)
+                return out
+
+    started = time.monotonic()
+    out = run(reads)
+    assert 1.4 < time.monotonic() - started < 4
+    assert "".join(r.text for r in out[:-1] if not isinstance(r, Exception))
+    assert any(getattr(r, "silent", False) for r in out[:-1])  # heartbeat time came before the timeout
+    assert isinstance(out[-1], UpstreamError) and out[-1].code == "upstream_timeout"
+
+
+def test_close_from_another_greenlet_wakes_the_blocked_reader(llm_server):
+    topic = "Closed [[pace:50]][[fault:stall]][[after:2]][[stall:20]]"
+    c = client(llm_server)
+    stream = c.stream(payload(topic))
+
+    def reader() -> BaseException | None:
+        try:
+            read_all(stream)
+        except BaseException as exc:
+            return exc
+        return None
+
+    g = gevent.spawn(reader)
+    gevent.sleep(1.0)  # the two tokens came, then silence: the reader waits on the poller
+    closed_at = time.monotonic()
+    stream.close()
+    exc = g.get(timeout=5)
+    assert isinstance(exc, OSError) and not isinstance(exc, UpstreamError)
+    assert time.monotonic() - closed_at < 0.5
+    deadline = time.monotonic() + 5
+    while journal(llm_server, topic)["outcome"] != "client_closed" and time.monotonic() < deadline:
+        gevent.sleep(0.1)
+    assert journal(llm_server, topic)["outcome"] == "client_closed"
