@@ -71,6 +71,7 @@ def summarize(phase: Phase) -> dict[str, Any]:
     seconds = phase.cpu.seconds
     share = {k: v / seconds for k, v in cpu.items()} if seconds else {}
     tokens_total = sum(s.tokens for s in phase.streams)
+    start, end = phase.window
     rss_during = float(np.mean(phase.rss_samples)) if phase.rss_samples else None
     return {
         "mode": phase.mode,
@@ -81,6 +82,8 @@ def summarize(phase: Phase) -> dict[str, Any]:
         "error_examples": sorted(set(errors))[:3],
         "window_s": window_s,
         "tokens_window": tokens,
+        # Requests started inside the window: in a steady state, those the window paid per-request CPU for.
+        "requests_window": sum(1 for s in phase.streams if start <= s.start < end),
         "tokens_per_s": tokens / window_s if window_s > 0 else 0.0,
         "tokens_total": tokens_total,
         "upstream_tokens_total": phase.upstream_tokens,
@@ -144,12 +147,16 @@ def _limits(gateway: dict[str, Any], floor: dict[str, Any]) -> tuple[list[str], 
     return limited_by, saturated
 
 
-def level(n: int, gateway: dict[str, Any], floor: dict[str, Any]) -> dict[str, Any]:
+def level(
+    n: int, gateway: dict[str, Any], floor: dict[str, Any], cpu_per_request: float | None = None
+) -> dict[str, Any]:
     """The headline figures of one level, the gateway next to its floor.
 
     The objective is judged on everything the gateway adds to the time to first token (from the client's
     request to its first token, minus the LLM's own time to first token), not only on the relay delay
     after the LLM's first token: a stream waiting for MetaGPT to send its request waits just the same.
+    `cpu_per_request` (the pace-0 fit's) separates the per-token part of the gateway's CPU: the app's
+    CPU minus that much per request started in the window, over the window's tokens.
     """
     g_tokens, f_tokens = gateway["tokens_window"], floor["tokens_window"]
     g_cpu, f_cpu = gateway["cpu_s"], floor["cpu_s"]
@@ -173,6 +180,12 @@ def level(n: int, gateway: dict[str, Any], floor: dict[str, Any]) -> dict[str, A
         "streams": gateway["streams"],
         "tokens_per_s": gateway["tokens_per_s"],
         "cpu_per_token": _per(app_cpu, g_tokens),
+        "requests_window": gateway["requests_window"],
+        "cpu_per_token_marginal": (
+            None
+            if cpu_per_request is None
+            else _per(max(app_cpu - cpu_per_request * gateway["requests_window"], 0.0), g_tokens)
+        ),
         "gateway_nginx_cpu_per_token": _per(g_cpu.get("gateway_nginx", 0.0), g_tokens),
         "cpu_per_token_with_nginx": with_nginx,
         "added_ttft_s": gateway["added_ttft_s"],

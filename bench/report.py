@@ -73,7 +73,8 @@ def fmt_level(lv: dict[str, Any]) -> str:
     limits = "; limited by " + ", ".join(lv["limited_by"]) if lv["limited_by"] else ""
     return (
         f"N={lv['n']}: {lv['tokens_per_s']:.0f} tokens/s, {_us(lv['cpu_per_token'])} µs gateway CPU/token "
-        f"({_x(lv['vs_floor']['cpu_per_token'])} floor), added TTFT p99 {_ms(ttft['p99'])} ms "
+        f"(per token alone {_us(lv.get('cpu_per_token_marginal'))} µs; "
+        f"{_x(lv['vs_floor']['cpu_per_token'])} floor), added TTFT p99 {_ms(ttft['p99'])} ms "
         f"(after the LLM's first token {_ms(lv['added_ttft_s']['p99'])} ms), "
         f"gap p99 {_ms(gap['p99'])} ms (floor {_ms(lv['floor']['gap_s']['p99'])} ms), "
         f"errors {lv['errors']}/{lv['floor']['errors']}, SLO {'met' if lv['meets_slo'] else 'missed'}{limits}"
@@ -81,7 +82,8 @@ def fmt_level(lv: dict[str, Any]) -> str:
 
 
 _HEADER = (
-    "| N | streams | tokens/s | gateway CPU/token µs (app / +nginx) | floor nginx CPU/token µs | CPU x floor "
+    "| N | streams | tokens/s | gateway CPU/token µs (app / +nginx) | of which per token alone µs "
+    "| floor nginx CPU/token µs | CPU x floor "
     "| added TTFT p50 / p95 / p99 ms | floor added TTFT p99 ms "
     "| of which after the LLM's first token p50 / p99 ms | gap p50 / p99 / p99.9 / max ms | floor gap p99 ms "
     "| added gap p99 ms | errors (gw / floor) | events / upstream token | RSS/stream KiB "
@@ -98,6 +100,7 @@ def _row(lv: dict[str, Any]) -> str:
         str(lv["streams"]),
         f"{lv['tokens_per_s']:.0f}",
         f"{_us(lv['cpu_per_token'])} / {_us(lv['cpu_per_token_with_nginx'])}",
+        _us(lv.get("cpu_per_token_marginal")),
         _us(f["cpu_per_token"]),
         _x(lv["vs_floor"]["cpu_per_token"]),
         f"{_ms(t['p50'])} / {_ms(t['p95'])} / {_ms(t['p99'])}",
@@ -157,7 +160,9 @@ def markdown(results: dict[str, Any]) -> str:
         "show rare stalls of a whole worker (every stream on it waits at once) that p99 can hide.",
         "- *CPU/token*: CPU seconds (user + system, from the OS) during the window over token events "
         "delivered in it. *app* is gunicorn's master and workers; *+nginx* adds the gateway's nginx. "
-        "*CPU x floor* = (app + nginx) / floor nginx.",
+        "*CPU x floor* = (app + nginx) / floor nginx. *per token alone*: the app's CPU minus the fit's "
+        "CPU per request for each request started in the window, over the window's token events: the "
+        "per-token cost the target is about, with the per-request cost (also a target) taken out.",
         "- *events / upstream token*: token events the clients received over tokens the LLM sent for the "
         "gateway streams; below 1 when the gateway packs several upstream tokens into one event.",
         "- *RSS/stream*: (gunicorn workers' mean RSS during the window - at rest before the level) / N.",

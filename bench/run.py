@@ -291,7 +291,8 @@ def run(args: argparse.Namespace, out: Path) -> dict[str, Any]:
                 phase = runner.phase(mode, n, args.duration)
                 report.dump_streams(out / "raw", phase)
                 summaries.append(analyze.summarize(phase))
-            levels.append(analyze.level(n, *summaries))
+            gateway, floor = summaries
+            levels.append(analyze.level(n, gateway, floor, cpu_per_request=fitted["cpu_per_request"]))
             _log(started, report.fmt_level(levels[-1]))
     return {
         "machine": report.machine(),
