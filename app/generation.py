@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import gevent.queue
@@ -216,6 +216,31 @@ def collect(generation: Generation) -> tuple[str, str, AgentResult]:
         generation.close(outcome)
 
 
+class _Batched:
+    """A counter child incremented in batches: one locked write to its multiprocess file per
+    `every` additions instead of one per event. `flush()` at the end makes the total exact."""
+
+    __slots__ = ("_adds", "_child", "_every", "_value")
+
+    def __init__(self, child: Any, every: int = 32) -> None:
+        self._child = child
+        self._every = every
+        self._value = 0.0
+        self._adds = 0
+
+    def add(self, amount: float) -> None:
+        self._value += amount
+        self._adds += 1
+        if self._adds >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._value:
+            self._child.inc(self._value)
+        self._value = 0.0
+        self._adds = 0
+
+
 def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
     if result.file is None:
         return None
@@ -225,7 +250,7 @@ def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
 
 def _events(
     generation: Generation, completion: Completion, base_url: str, heartbeat: float, status: list[str]
-) -> Iterator[bytes]:
+) -> Generator[bytes, None, None]:
     """The SSE body as a sequence of events; `status[0]` says how it ended."""
     metrics, model = generation.metrics, generation.model
     first_token = True
@@ -233,35 +258,39 @@ def _events(
         "content": sse.Template(lambda text: completion.chunk({"content": text})),
         "reasoning": sse.Template(lambda text: completion.chunk({"reasoning_content": text})),
     }
-    tokens = {kind: metrics.streamed_tokens.labels(model, kind) for kind in frames}
-    yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
-    while True:
-        event = generation.next(timeout=heartbeat)
-        if event is None:
-            metrics.heartbeats.labels(model).inc()
-            yield sse.comment("keep-alive")
-        elif isinstance(event, Token):
-            if first_token:
-                first_token = False
-                metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
-            tokens[event.kind].inc(event.count)
-            yield frames[event.kind](event.text)
-        elif isinstance(event, Finished):
-            file = tutorial_file(event.result, base_url)
-            extra = {}
-            if file is not None:
-                yield sse.data(completion.chunk({"content": file.link_markdown()}))
-                extra["tutorial"] = file.as_dict()  # extension
-            yield sse.data(completion.chunk({}, finish_reason="stop", **extra))
-            if completion.include_usage:
-                yield sse.data(completion.usage_chunk(event.result.usage))
-            status[0] = "completed"
-            break
-        else:
-            yield sse.data(event.error.body())
-            status[0] = "failed"
-            break
-    yield sse.DONE
+    tokens = {kind: _Batched(metrics.streamed_tokens.labels(model, kind)) for kind in frames}
+    try:
+        yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
+        while True:
+            event = generation.next(timeout=heartbeat)
+            if event is None:
+                metrics.heartbeats.labels(model).inc()
+                yield sse.comment("keep-alive")
+            elif isinstance(event, Token):
+                if first_token:
+                    first_token = False
+                    metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
+                tokens[event.kind].add(event.count)
+                yield frames[event.kind](event.text)
+            elif isinstance(event, Finished):
+                file = tutorial_file(event.result, base_url)
+                extra = {}
+                if file is not None:
+                    yield sse.data(completion.chunk({"content": file.link_markdown()}))
+                    extra["tutorial"] = file.as_dict()  # extension
+                yield sse.data(completion.chunk({}, finish_reason="stop", **extra))
+                if completion.include_usage:
+                    yield sse.data(completion.usage_chunk(event.result.usage))
+                status[0] = "completed"
+                break
+            else:
+                yield sse.data(event.error.body())
+                status[0] = "failed"
+                break
+        yield sse.DONE
+    finally:
+        for counter in tokens.values():
+            counter.flush()
 
 
 def stream(
@@ -274,18 +303,21 @@ def stream(
     """
     metrics, model = generation.metrics, generation.model
     status = ["cancelled"]
-    written = metrics.streamed_bytes.labels(model)
+    written = _Batched(metrics.streamed_bytes.labels(model))
     pending = 0
+    events = _events(generation, completion, base_url, heartbeat, status)
     try:
-        for event in _events(generation, completion, base_url, heartbeat, status):
-            written.inc(pending)
+        for event in events:
+            written.add(pending)
             pending = len(event)
             yield event
-        written.inc(pending)
+        written.add(pending)
     except GeneratorExit:
         metrics.client_disconnects.labels(model).inc()
         status[0] = "cancelled"
         raise
     finally:
+        events.close()
+        written.flush()
         generation.close(status[0])
         metrics.requests.labels(model, "true", "200").inc()

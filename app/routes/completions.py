@@ -102,7 +102,8 @@ def chat_completions() -> Response:
         generation.close("failed")
         raise first.error
     body_iter = stream(generation, completion, base_url, settings.heartbeat_seconds)
-    return Response(body_iter, status=200, headers=sse.HEADERS)
+    # direct_passthrough: gunicorn iterates the generator itself (werkzeug would wrap it twice per event).
+    return Response(body_iter, status=200, headers=sse.HEADERS, direct_passthrough=True)
 
 
 @bp.after_app_request

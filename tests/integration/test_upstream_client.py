@@ -4,6 +4,7 @@ timeouts through the batch poller, and a close from another greenlet waking a bl
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 from typing import Any
 
@@ -14,6 +15,7 @@ import pytest
 from app.errors import UpstreamError
 from app.upstream import UpstreamClient, UpstreamStream
 from tests.metagpt_prompts import outline_prompt
+from tests.procs import free_port, nginx_args, server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -117,3 +119,59 @@ def test_close_from_another_greenlet_wakes_the_blocked_reader(llm_server):
     while journal(llm_server, topic)["outcome"] != "client_closed" and time.monotonic() < deadline:
         gevent.sleep(0.1)
     assert journal(llm_server, topic)["outcome"] == "client_closed"
+
+
+TLS_CONF = """
+daemon off;
+worker_processes 1;
+pid {prefix}/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/body;
+    proxy_temp_path {prefix}/proxy;
+    server {{
+        listen 127.0.0.1:{tls_port} ssl;
+        ssl_certificate {prefix}/cert.pem;
+        ssl_certificate_key {prefix}/key.pem;
+        location / {{
+            proxy_pass {llm};
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+    server {{
+        listen 127.0.0.1:{plain_port};
+        location / {{ return 200 "ok"; }}
+    }}
+}}
+"""
+
+
+def test_tls_upstream_streams_and_reuses_its_connection(llm_server, tmp_path, monkeypatch):
+    """An https upstream (nginx terminating TLS with a self-signed certificate the client trusts)."""
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost", "-keyout", str(tmp_path / "key.pem"),
+         "-out", str(tmp_path / "cert.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls_port, plain_port = free_port(), free_port()
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(
+        TLS_CONF.format(prefix=tmp_path, tls_port=tls_port, plain_port=plain_port, llm=llm_server)
+    )
+    monkeypatch.setenv("SSL_CERT_FILE", str(tmp_path / "cert.pem"))  # read by the default context
+    health = f"http://127.0.0.1:{plain_port}/"
+    with server(nginx_args(tmp_path, conf), health_url=health, log=tmp_path / "nginx.log"):
+        c = UpstreamClient(f"https://localhost:{tls_port}/v1", "k", 30.0, 5.0, 0)
+        text, tokens = run(read_all, c.stream(payload("Over TLS one")))
+        assert text.startswith("{") and tokens == journal(llm_server, "Over TLS one")["tokens_sent"]
+        gevent.sleep(0.3)
+        (first,) = c._idle
+        text2, _ = run(read_all, c.stream(payload("Over TLS two")))
+        assert text2.startswith("{")
+        gevent.sleep(0.3)
+        assert c._idle == [first]
+        c.close()
