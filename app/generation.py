@@ -1,10 +1,13 @@
 """One request's agent run: started on the bridge, read from the WSGI greenlet, cancelled if abandoned.
 
+MetaGPT's LLM calls arrive on the queue as `Call`s and are relayed by the reading greenlet itself
+(`Generation.next`): the upstream socket's bytes become token events without an asyncio iteration.
+
 Cancellation: the SSE generator's `finally` runs when the client goes away (gunicorn closes the
 response iterator after a failed write, and heartbeats make that write happen during LLM silence) or
-when the stream ends; it cancels the job's future, which cancels the asyncio task, which raises
-CancelledError inside MetaGPT at its `await`; the provider's `async with` then closes the upstream
-HTTP response. See ARCHITECTURE.md.
+when the stream ends; `close()` closes the call being relayed (the upstream sees it at once) and
+cancels the job's future, which cancels the asyncio task, which raises CancelledError inside MetaGPT
+at its `await`. See ARCHITECTURE.md.
 """
 
 from __future__ import annotations
@@ -158,14 +161,13 @@ class Generation:
             return None
         if read.usage is not None:
             call.usage = read.usage
-        if call.stream.finished:
-            self._call = None
         token = None
         if read.text:
             call.parts.append(read.text)
             self._sink.relayed(call.kind, read.text)
             token = Token(call.kind, read.text, read.tokens)
-        if call.stream.finished:
+        if call.stream.finished:  # the loop goes on with MetaGPT; this token is still sent first
+            self._call = None
             call.settle()
         return token
 

@@ -1,5 +1,5 @@
-"""The LLM side of MetaGPT as the gateway runs it: configuration built once, one HTTP client per
-worker, and a provider that streams each token to its own request's sink.
+"""The LLM side of MetaGPT as the gateway runs it: configuration built once, one upstream client per
+worker, and a provider whose calls are relayed by its own request's greenlet.
 
 Imports metagpt: only import after `app.metagpt_env.prepare`.
 """
@@ -31,7 +31,8 @@ class GatewayLLM(OpenAILLM):
     - Its replies are streamed by the request's greenlet over the worker's keep-alive connections
       (`app.upstream`), instead of an SDK client built per request (new TLS context, ~23 ms) and an SDK
       object per chunk, each an asyncio loop iteration away from the client.
-    - Tokens go straight to this request's sink: no process-global hook, so no cross-talk.
+    - Its calls go to this request's sink only (a `Call` on its queue): no process-global hook, so no
+      cross-talk.
     - Retries happen only before the first byte of an answer (connection refused, 429, 5xx). MetaGPT's
       tenacity retry re-streams a reply the client has already seen (duplicated text) and waits minutes.
     Usage is what the upstream reports (`stream_options.include_usage`), else estimated from characters:

@@ -97,10 +97,6 @@ def _backoff(attempt: int, retry_after: bytes) -> float:
     return min(0.5 * 2**attempt, _MAX_BACKOFF_SECONDS)
 
 
-class _Stale(Exception):
-    """A reused keep-alive connection turned out closed before it answered: try a fresh one."""
-
-
 class _Response:
     """httptools' callbacks for one response: status known, body pieces, complete."""
 
