@@ -2,15 +2,18 @@
 
 MetaGPT decides where it writes (logs, workspace, schemas) from METAGPT_PROJECT_ROOT at import time and
 builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml. The real LLM
-settings are given per agent (`app.llm`), so the file written here is a placeholder.
+settings are given per agent (`app.llm`), so the file written here is a placeholder. MetaGPT's
+packages that import all their siblings are imported lazily (`app.lazy_packages`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import sys
 
+from app import lazy_packages
 from app.settings import Settings
 
 _PLACEHOLDER = (
@@ -27,6 +30,9 @@ def prepare(settings: Settings) -> None:
     if "metagpt" in sys.modules and os.environ.get("METAGPT_PROJECT_ROOT") != str(root):
         raise RuntimeError("metagpt was imported before its project root was set")
     os.environ["METAGPT_PROJECT_ROOT"] = str(root)
+    # ~2,800 modules and ~180 MiB per worker that the gateway never uses
+    if late := lazy_packages.install():
+        logging.getLogger(__name__).warning("imported before the gateway could make them lazy: %s", late)
     # The openai SDK calls platform.platform() for every new client; under gevent, outside the main
     # greenlet, its first call forks `uname -p` and fails. Calling it once here caches the answer.
     platform.platform()

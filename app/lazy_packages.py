@@ -1,0 +1,125 @@
+"""Import a MetaGPT package without the siblings its `__init__` imports, until one is asked for.
+
+MetaGPT's package `__init__`s import every module beside them: `metagpt.provider` all 13 LLM providers
+and their SDKs (Gemini with IPython, ZhiPu, DashScope, Bedrock with botocore ...), `metagpt.actions`
+and `metagpt.roles` every action and role, `metagpt.environment` every game environment, and
+`metagpt.tools.libs` the data-science tools (pandas, scikit-learn, scipy, playwright). The gateway uses
+one role, its two actions and the OpenAI provider; the rest is ~2,800 modules and ~180 MiB per worker.
+
+A package named here is imported as MetaGPT defines it, minus the eager imports: each name its
+`__init__` would import from a submodule is imported from that submodule on first use (PEP 562
+`__getattr__`), and any other name (`metagpt.actions.ActionType`, `__all__`) runs the real `__init__`
+once. So `from metagpt.provider import HumanProvider` and everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.abc
+import importlib.machinery
+import sys
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import CodeType, ModuleType
+from typing import Any
+
+# NOTE: only packages whose `__init__` is imports of their own submodules (plus `__all__` and what is
+# built from those imports); `metagpt.tools` itself defines enums used everywhere, so its `libs` is lazy.
+METAGPT_LAZY_PACKAGES = (
+    "metagpt.actions",
+    "metagpt.environment",
+    "metagpt.provider",
+    "metagpt.roles",
+    "metagpt.tools.libs",
+)
+
+
+def install(packages: Iterable[str] = METAGPT_LAZY_PACKAGES) -> list[str]:
+    """Make the named packages lazy for every later import in this process. Idempotent.
+
+    Returns the ones already imported the normal way (too late for them: they stay as they are).
+    """
+    late = sorted(name for name in packages if name in sys.modules and not _is_lazy(sys.modules[name]))
+    names = frozenset(packages) - set(late)
+    for finder in sys.meta_path:
+        if isinstance(finder, _LazyPackageFinder):
+            finder.names |= names
+            return late
+    sys.meta_path.insert(0, _LazyPackageFinder(names))
+    return late
+
+
+def exports(package: str, source: str) -> dict[str, tuple[str, str | None]]:
+    """What a package's `__init__` imports from its own submodules: name -> (module, attribute).
+
+    `from pkg.sub import A as B` gives B -> (pkg.sub, A); `from pkg import sub` gives sub -> (pkg.sub,
+    None), the submodule itself. Only top-level statements: an import under a condition is not an export.
+    """
+    found: dict[str, tuple[str, str | None]] = {}
+    for node in ast.parse(source).body:
+        if not isinstance(node, ast.ImportFrom) or node.level or not node.module:
+            continue
+        for alias in node.names:
+            if node.module == package:
+                found[alias.asname or alias.name] = (f"{package}.{alias.name}", None)
+            elif node.module.startswith(package + "."):
+                found[alias.asname or alias.name] = (node.module, alias.name)
+    return found
+
+
+def _is_lazy(module: ModuleType) -> bool:
+    return isinstance(getattr(module.__spec__, "loader", None), _LazyPackageLoader)
+
+
+class _LazyPackageFinder(importlib.abc.MetaPathFinder):
+    def __init__(self, names: frozenset[str]) -> None:
+        self.names = names
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname not in self.names:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.origin is None or spec.submodule_search_locations is None:
+            return None  # not a package with an __init__.py: import it the normal way
+        spec.loader = _LazyPackageLoader()
+        return spec
+
+
+class _LazyPackageLoader(importlib.abc.Loader):
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> None:
+        return None  # the default module object
+
+    def exec_module(self, module: ModuleType) -> None:
+        origin = module.__spec__.origin  # type: ignore[union-attr]
+        assert origin is not None
+        source = Path(origin).read_text(encoding="utf-8")
+        resolver = _Resolver(module, exports(module.__name__, source), compile(source, origin, "exec"))
+        module.__getattr__ = resolver  # type: ignore[method-assign]
+
+
+class _Resolver:
+    """The lazy package's `__getattr__`: called only for names not yet in its namespace."""
+
+    def __init__(
+        self, module: ModuleType, exported: dict[str, tuple[str, str | None]], init: CodeType
+    ) -> None:
+        self.module = module
+        self.exported = exported
+        self.init: CodeType | None = init
+
+    def __call__(self, name: str) -> Any:
+        if name in self.exported:
+            source, attribute = self.exported[name]
+            submodule = importlib.import_module(source)
+            value = submodule if attribute is None else getattr(submodule, attribute)
+            setattr(self.module, name, value)
+            return value
+        if self.init is not None and (name == "__all__" or not name.startswith("__")):
+            init, self.init = self.init, None
+            exec(init, self.module.__dict__)  # the real __init__, once: defines everything it defines
+            if name in self.module.__dict__:
+                return self.module.__dict__[name]
+        raise AttributeError(f"module {self.module.__name__!r} has no attribute {name!r}")

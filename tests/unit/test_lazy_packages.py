@@ -1,0 +1,133 @@
+"""Lazy MetaGPT packages: a package imports its siblings only when one is asked for, and keeps every name."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from app import lazy_packages
+
+
+def test_exports_are_the_top_level_imports_from_own_submodules():
+    source = textwrap.dedent(
+        """
+        import os
+        from enum import Enum
+        from pkg.a import A, B as Bee
+        from pkg import sub
+        from .rel import R
+        if os.environ:
+            from pkg.c import C
+        KIND = A
+        """
+    )
+    assert lazy_packages.exports("pkg", source) == {
+        "A": ("pkg.a", "A"),
+        "Bee": ("pkg.a", "B"),
+        "sub": ("pkg.sub", None),
+    }
+
+
+@pytest.fixture
+def package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A throwaway package whose __init__ imports two siblings, each recording that it was imported."""
+    name = f"lazy_probe_{tmp_path.name.replace('-', '_')}"
+    root = tmp_path / name
+    root.mkdir()
+    (root / "__init__.py").write_text(
+        textwrap.dedent(
+            f"""
+            from {name}.light import Light
+            from {name}.heavy import Heavy
+            from {name} import tool
+            KINDS = (Light, Heavy)
+            __all__ = ["Light", "Heavy", "KINDS"]
+            """
+        )
+    )
+    for sub, cls in (("light", "Light"), ("heavy", "Heavy"), ("tool", "Tool")):
+        (root / f"{sub}.py").write_text(
+            f"import builtins\nbuiltins.LAZY_PROBE.append({sub!r})\nclass {cls}: pass\n"
+        )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("builtins.LAZY_PROBE", [], raising=False)
+    assert lazy_packages.install([name]) == []
+    yield name
+    for module in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[module]
+
+
+def imported() -> list[str]:
+    import builtins
+
+    return builtins.LAZY_PROBE  # type: ignore[attr-defined,no-any-return]
+
+
+def test_importing_the_package_imports_no_sibling(package):
+    module = __import__(package)
+    assert imported() == []
+    assert module.__path__ and module.__file__.endswith("__init__.py")
+
+
+def test_an_exported_name_imports_only_its_submodule(package):
+    exec(f"from {package} import Light", namespace := {})
+    assert namespace["Light"].__module__ == f"{package}.light"
+    assert imported() == ["light"]
+    exec(f"from {package} import tool", namespace)
+    assert namespace["tool"].Tool and imported() == ["light", "tool"]
+
+
+def test_any_other_name_runs_the_real_init_once(package):
+    module = __import__(package)
+    assert [k.__name__ for k in module.KINDS] == ["Light", "Heavy"]
+    assert sorted(imported()) == ["heavy", "light", "tool"]
+    assert module.__all__ == ["Light", "Heavy", "KINDS"]
+    with pytest.raises(AttributeError, match="has no attribute 'missing'"):
+        _ = module.missing
+    with pytest.raises(ImportError):
+        exec(f"from {package} import missing")
+
+
+def test_star_import_sees_all(package):
+    exec(f"from {package} import *", namespace := {})
+    assert {"Light", "Heavy", "KINDS"} <= set(namespace)
+
+
+def test_a_package_imported_already_is_left_as_it_is():
+    assert lazy_packages.install(["json"]) == ["json"]
+
+
+def test_the_gateway_process_never_imports_what_it_does_not_use(tmp_path):
+    """A worker's imports after building the app and its agents: none of MetaGPT's other providers,
+    tools or environments, while every name MetaGPT's packages define is still importable."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from app import create_app
+        from app.settings import Settings
+        create_app(Settings(data_dir=sys.argv[1]))
+        import app.agents.tutorial, app.llm
+        unused = ["sklearn", "scipy", "IPython", "google.generativeai", "zhipuai", "dashscope", "qianfan",
+                  "botocore", "playwright", "sparkai", "volcenginesdkarkruntime", "metagpt.roles.engineer",
+                  "metagpt.actions.research", "metagpt.environment.werewolf"]
+        print("loaded:", [m for m in unused if m in sys.modules], len(sys.modules))
+        from metagpt.actions import ActionType
+        from metagpt.provider import OpenAILLM
+        from metagpt.roles import Engineer
+        import metagpt.tools
+        assert issubclass(app.llm.GatewayLLM, OpenAILLM) and ActionType.WRITE_PRD and Engineer
+        assert metagpt.tools.libs.__name__ == "metagpt.tools.libs"
+        print("all names importable")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    loaded, count = out.splitlines()[0].removeprefix("loaded: ").rsplit(" ", 1)
+    assert loaded == "[]"
+    assert int(count) < 3000  # 4,994 with MetaGPT's packages imported in full
+    assert out.splitlines()[1] == "all names importable"
