@@ -98,6 +98,7 @@ class _LazyPackageLoader(importlib.abc.Loader):
         source = Path(origin).read_text(encoding="utf-8")
         resolver = _Resolver(module, exports(module.__name__, source), compile(source, origin, "exec"))
         module.__getattr__ = resolver  # type: ignore[method-assign]
+        module.__dir__ = resolver.names  # type: ignore[method-assign]
 
 
 class _Resolver:
@@ -123,3 +124,7 @@ class _Resolver:
             if name in self.module.__dict__:
                 return self.module.__dict__[name]
         raise AttributeError(f"module {self.module.__name__!r} has no attribute {name!r}")
+
+    def names(self) -> list[str]:
+        """The package's `__dir__`: what is defined so far and every name it will resolve."""
+        return sorted(set(self.module.__dict__) | set(self.exported))

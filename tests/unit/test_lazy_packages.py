@@ -71,6 +71,7 @@ def test_importing_the_package_imports_no_sibling(package):
     module = __import__(package)
     assert imported() == []
     assert module.__path__ and module.__file__.endswith("__init__.py")
+    assert {"Light", "Heavy", "tool"} <= set(dir(module)) and imported() == []
 
 
 def test_an_exported_name_imports_only_its_submodule(package):
