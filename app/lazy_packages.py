@@ -21,7 +21,7 @@ import importlib.machinery
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from types import CodeType, ModuleType
+from types import ModuleType
 from typing import Any
 
 # NOTE: only packages whose `__init__` is imports of their own submodules (plus `__all__` and what is
@@ -40,8 +40,9 @@ def install(packages: Iterable[str] = METAGPT_LAZY_PACKAGES) -> list[str]:
 
     Returns the ones already imported the normal way (too late for them: they stay as they are).
     """
-    late = sorted(name for name in packages if name in sys.modules and not _is_lazy(sys.modules[name]))
-    names = frozenset(packages) - set(late)
+    wanted = frozenset(packages)
+    late = sorted(name for name in wanted if name in sys.modules and not _is_lazy(sys.modules[name]))
+    names = wanted - set(late)
     for finder in sys.meta_path:
         if isinstance(finder, _LazyPackageFinder):
             finder.names |= names
@@ -96,7 +97,7 @@ class _LazyPackageLoader(importlib.abc.Loader):
         origin = module.__spec__.origin  # type: ignore[union-attr]
         assert origin is not None
         source = Path(origin).read_text(encoding="utf-8")
-        resolver = _Resolver(module, exports(module.__name__, source), compile(source, origin, "exec"))
+        resolver = _Resolver(module, exports(module.__name__, source), source)
         module.__getattr__ = resolver  # type: ignore[method-assign]
         module.__dir__ = resolver.names  # type: ignore[method-assign]
 
@@ -104,12 +105,10 @@ class _LazyPackageLoader(importlib.abc.Loader):
 class _Resolver:
     """The lazy package's `__getattr__`: called only for names not yet in its namespace."""
 
-    def __init__(
-        self, module: ModuleType, exported: dict[str, tuple[str, str | None]], init: CodeType
-    ) -> None:
+    def __init__(self, module: ModuleType, exported: dict[str, tuple[str, str | None]], init: str) -> None:
         self.module = module
         self.exported = exported
-        self.init: CodeType | None = init
+        self.init: str | None = init  # the real __init__'s source, until it has run
 
     def __call__(self, name: str) -> Any:
         if name in self.exported:
@@ -120,7 +119,8 @@ class _Resolver:
             return value
         if self.init is not None and (name == "__all__" or not name.startswith("__")):
             init, self.init = self.init, None
-            exec(init, self.module.__dict__)  # the real __init__, once: defines everything it defines
+            code = compile(init, self.module.__spec__.origin or self.module.__name__, "exec")  # type: ignore[union-attr]
+            exec(code, self.module.__dict__)  # the real __init__, once: defines everything it defines
             if name in self.module.__dict__:
                 return self.module.__dict__[name]
         raise AttributeError(f"module {self.module.__name__!r} has no attribute {name!r}")
