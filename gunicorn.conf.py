@@ -33,6 +33,20 @@ class GatewayWorker(GeventWorker):
         util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
         super().init_process()
 
+    def load_wsgi(self):
+        """Tell the app it may write a streaming body's later events to the socket itself
+        (`app.generation.SocketBody`): true when gunicorn speaks HTTP on it (not uwsgi)."""
+        super().load_wsgi()
+        if getattr(self.cfg, "protocol", "http") != "http":
+            return
+        app = self.wsgi.wsgi_app  # Flask's middleware slot: `self.wsgi` stays the Flask app
+
+        def wsgi_app(environ, start_response):
+            environ["gateway.socket_body"] = True
+            return app(environ, start_response)
+
+        self.wsgi.wsgi_app = wsgi_app
+
 
 bind = _env("GATEWAY_BIND", "127.0.0.1:8000")
 # gevent: thousands of mostly idle streams per worker; MetaGPT runs on an asyncio loop bridged into it.

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import gevent.queue
+import gevent.socket
 
 from app import sse
 from app.agents.base import AgentRequest, AgentResult, AgentSpec, Call, Kind, Sink
@@ -243,6 +244,57 @@ class _Batched:
         self._adds = 0
 
 
+SOCKET_BODY_KEY = "gateway.socket_body"  # set by gunicorn.conf.py's worker: the app may write HTTP/1.x itself
+
+
+class SocketBody:
+    """The rest of a streaming body, written by the request's greenlet straight to gunicorn's client
+    socket (`environ["gunicorn.socket"]`, the same one gunicorn writes to).
+
+    gunicorn sends the head and the first event; after that, each event through gunicorn would cost
+    its `Response.write`, `write_chunk` and gevent's `sendall` (a `getsockopt` syscall each time). Here
+    an event is framed like gunicorn frames it (a chunk of HTTP/1.1 chunked encoding; raw bytes for
+    HTTP/1.0, where gunicorn closes the connection instead) and handed to the socket in one
+    non-blocking `send`; only a client that does not keep up waits, cooperatively, in `sendall`.
+    gunicorn writes the terminating chunk when the body ends. A failed write raises `OSError`.
+    """
+
+    __slots__ = ("_chunked", "_raw", "_sock")
+
+    def __init__(self, sock: Any, chunked: bool) -> None:
+        self._sock = sock
+        # gevent's plain socket wraps a non-blocking stdlib socket; anything else (TLS) uses sendall.
+        self._raw = sock._sock if type(sock) is gevent.socket.socket else None
+        self._chunked = chunked
+
+    @classmethod
+    def of(cls, environ: dict[str, Any]) -> SocketBody | None:
+        """For an HTTP/1.x request on the gateway's gunicorn worker, which says so in the environ
+        (`gunicorn.conf.py`: only it knows the wire is HTTP, not uwsgi); None elsewhere: the body
+        is then yielded (the Flask test client, other servers)."""
+        sock = environ.get("gunicorn.socket")
+        protocol = environ.get("SERVER_PROTOCOL")
+        if not environ.get(SOCKET_BODY_KEY) or not isinstance(sock, gevent.socket.socket):
+            return None
+        if protocol not in ("HTTP/1.1", "HTTP/1.0"):
+            return None
+        return cls(sock, chunked=protocol == "HTTP/1.1")
+
+    def write(self, data: bytes) -> None:
+        if self._chunked:
+            data = b"%X\r\n%b\r\n" % (len(data), data)
+        raw = self._raw
+        if raw is not None:
+            try:
+                sent = raw.send(data)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._sock.sendall(data)
+
+
 def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
     if result.file is None:
         return None
@@ -296,25 +348,41 @@ def _events(
 
 
 def stream(
-    generation: Generation, completion: Completion, base_url: str, heartbeat: float
+    generation: Generation,
+    completion: Completion,
+    base_url: str,
+    heartbeat: float,
+    body: SocketBody | None = None,
 ) -> Iterator[bytes]:
     """The SSE body. Headers are already decided; from here an error is an event, then [DONE].
 
-    Bytes count as streamed once the server has taken them: when it asks for the next event (or the
-    body ends), the previous write succeeded. A write that fails ends the body with GeneratorExit.
+    With `body` (gunicorn), the first event is yielded (gunicorn sends it with the head) and every
+    later one is written to the socket directly; without it, every event is yielded. Bytes count as
+    streamed once the server has taken them: after a direct write, or when the server asks for the
+    next event (the previous write succeeded). A failed write ends the body: `OSError` from a
+    direct write, `GeneratorExit` when gunicorn's own write failed.
     """
     metrics, model = generation.metrics, generation.model
     status = ["cancelled"]
     written = _Batched(metrics.streamed_bytes.labels(model))
-    pending = 0
     events = _events(generation, completion, base_url, heartbeat, status)
     try:
-        for event in events:
+        if body is None:
+            pending = 0
+            for event in events:
+                written.add(pending)
+                pending = len(event)
+                yield event
             written.add(pending)
-            pending = len(event)
-            yield event
-        written.add(pending)
-    except GeneratorExit:
+        else:
+            first = next(events)
+            yield first
+            written.add(len(first))
+            write, add = body.write, written.add
+            for event in events:
+                write(event)
+                add(len(event))
+    except (GeneratorExit, OSError):
         metrics.client_disconnects.labels(model).inc()
         status[0] = "cancelled"
         raise

@@ -11,7 +11,7 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 from app import sse
 from app.agents.base import AgentRequest
 from app.errors import APIError, InvalidRequest, ModelNotFound, UnsupportedMediaType
-from app.generation import Failed, Generation, collect, stream, tutorial_file
+from app.generation import Failed, Generation, SocketBody, collect, stream, tutorial_file
 from app.metrics import OTHER_MODEL
 from app.protocol import ChatCompletionRequest, Completion, parse_request
 from app.settings import Settings
@@ -101,7 +101,9 @@ def chat_completions() -> Response:
     if isinstance(first, Failed):
         generation.close("failed")
         raise first.error
-    body_iter = stream(generation, completion, base_url, settings.heartbeat_seconds)
+    body_iter = stream(
+        generation, completion, base_url, settings.heartbeat_seconds, SocketBody.of(request.environ)
+    )
     # direct_passthrough: gunicorn iterates the generator itself (werkzeug would wrap it twice per event).
     return Response(body_iter, status=200, headers=sse.HEADERS, direct_passthrough=True)
 
