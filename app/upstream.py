@@ -49,6 +49,15 @@ class EventDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        # The usual read: exactly one `data: ...` line and its blank line, nothing pending.
+        if (
+            not self._buffer
+            and not self._data
+            and chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+        ):
+            return [chunk[6:-2]]
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
         events = []
@@ -64,31 +73,26 @@ class EventDecoder:
         return events
 
 
-@dataclass
-class Delta:
+def parse_chunk(payload: bytes) -> tuple[str, dict[str, Any] | None]:
     """One upstream chunk: its content text (maybe empty) and, on the last one, the usage."""
-
-    content: str
-    usage: dict[str, Any] | None = None
-
-
-def parse_chunk(payload: bytes) -> Delta:
     try:
         chunk = orjson.loads(payload)
     except orjson.JSONDecodeError:
         raise UpstreamError("The upstream LLM sent a malformed event.", code="upstream_bad_output") from None
-    if not isinstance(chunk, dict):
+    if type(chunk) is not dict:
         raise UpstreamError("The upstream LLM sent a malformed event.", code="upstream_bad_output")
     if "error" in chunk:
         raise UpstreamError("The upstream LLM reported an error mid-stream.", code="upstream_status")
     content = ""
     choices = chunk.get("choices")
-    if choices and isinstance(choices, list) and isinstance(choices[0], dict):
+    if choices and type(choices) is list and type(choices[0]) is dict:
         delta = choices[0].get("delta")
-        if isinstance(delta, dict) and isinstance(delta.get("content"), str):
-            content = delta["content"]
+        if type(delta) is dict:
+            text = delta.get("content")
+            if type(text) is str:
+                content = text
     usage = chunk.get("usage")
-    return Delta(content, usage if isinstance(usage, dict) else None)
+    return content, usage if type(usage) is dict else None
 
 
 def _backoff(attempt: int, retry_after: bytes) -> float:
@@ -202,10 +206,14 @@ class ReadinessPoller:
 
 
 class _Connection:
-    __slots__ = ("fd", "poller", "ready", "sock", "tls", "used")
+    __slots__ = ("fd", "poller", "ready", "recv", "sock", "tls", "used")
 
     def __init__(self, sock: socket.socket, poller: ReadinessPoller, tls: bool) -> None:
         self.sock = sock
+        # Reads happen only when the poller says the socket is readable, so they go straight to the
+        # non-blocking stdlib socket under gevent's (one Python frame less per token); TLS needs gevent's.
+        raw = getattr(sock, "_sock", None)
+        self.recv = raw.recv if not tls and raw is not None else sock.recv
         self.fd = sock.fileno()
         self.poller = poller
         self.tls = tls
@@ -217,7 +225,7 @@ class _Connection:
         self.sock.close()
 
 
-@dataclass
+@dataclass(slots=True)
 class Read:
     """What one read of the reply brought: its content text (maybe empty), how many chunks had
     content, the usage (on the last), and whether the upstream was merely silent."""
@@ -407,7 +415,7 @@ class UpstreamStream:
                 if self.closed:
                     raise OSError(errno.EBADF, "closed")
             try:
-                data = conn.sock.recv(_READ_SIZE)
+                data = conn.recv(_READ_SIZE)
             except (BlockingIOError, ssl.SSLWantReadError):
                 conn.ready = False
                 continue
@@ -445,11 +453,11 @@ class UpstreamStream:
                 if data == _DONE:
                     self._finish()
                     return Read("".join(texts), len(texts), usage)
-                delta = parse_chunk(data)
-                if delta.content:
-                    texts.append(delta.content)
-                if delta.usage is not None:
-                    usage = delta.usage
+                content, last_usage = parse_chunk(data)
+                if content:
+                    texts.append(content)
+                if last_usage is not None:
+                    usage = last_usage
         if response.complete:  # the body ended without [DONE]: what arrived is the whole answer
             self._finish()
         return Read("".join(texts), len(texts), usage)

@@ -46,8 +46,7 @@ def test_event_decoder_byte_by_byte():
     ],
 )
 def test_parse_chunk(payload, content, usage):
-    delta = parse_chunk(payload)
-    assert (delta.content, delta.usage) == (content, usage)
+    assert parse_chunk(payload) == (content, usage)
 
 
 @pytest.mark.parametrize(
