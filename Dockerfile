@@ -36,13 +36,14 @@ RUN python -m compileall -q --invalidation-mode checked-hash app scripted_llm gu
 FROM python:3.11-slim-bookworm
 
 # A fixed numeric user: `USER 10001:10001` needs no passwd lookup, and host volumes can be chowned to it.
-# The data dir is created here, owned by that user, because a new named volume mounted on
-# .../tutorials copies the ownership of the image's directory.
+# The data dir and the socket dir are created here, owned by that user, because a new named volume
+# mounted on .../tutorials or /run/metagpt-gateway copies the ownership of the image's directory.
 # useradd -l: no lastlog/faillog entry, which for a high UID would be a large sparse file.
 RUN groupadd --system --gid 10001 gateway \
     && useradd --system -l --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin gateway \
-    && install -d -o 10001 -g 10001 -m 0755 /var/lib/metagpt-gateway /var/lib/metagpt-gateway/tutorials
+    && install -d -o 10001 -g 10001 -m 0755 /var/lib/metagpt-gateway /var/lib/metagpt-gateway/tutorials \
+        /run/metagpt-gateway
 
 COPY --from=builder /opt/venv /opt/venv
 COPY --from=builder /app /app

@@ -101,14 +101,14 @@ def running_stack(workdir: Path, logs: Path, pace: float) -> Iterator[Stack]:
         )
         gunicorn = stack.enter_context(
             server(
-                gunicorn_args(app_port, workers=GUNICORN_WORKERS),
+                gunicorn_args(app_port, workers=GUNICORN_WORKERS, unix_socket=workdir / "gunicorn.sock"),
                 health_url=f"http://{HOST}:{app_port}/readyz",
                 log=logs / "gunicorn.log",
                 env=env,
             )
         )
         gateway_port, gateway_pid = stack.enter_context(
-            _nginx(logs / "nginx-gateway", f"{HOST}:{app_port}", tutorials)
+            _nginx(logs / "nginx-gateway", f"unix:{workdir}/gunicorn.sock", tutorials)
         )
         floor_port, floor_pid = stack.enter_context(
             _nginx(logs / "nginx-floor", f"{HOST}:{llm_port}", tutorials)

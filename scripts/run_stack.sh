@@ -13,6 +13,13 @@ LLM_PORT=${LLM_PORT:-8081}
 NGINX_PORT=${NGINX_PORT:-8080}
 NGINX_STATUS_PORT=${NGINX_STATUS_PORT:-8089}
 export GATEWAY_BIND=${GATEWAY_BIND:-127.0.0.1:$APP_PORT}
+# nginx reaches gunicorn through a Unix socket, as in compose (a socket path must fit in 107 bytes;
+# past that, nginx uses GATEWAY_BIND).
+if [[ -z "${GATEWAY_UNIX_SOCKET+set}" && ${#GATEWAY_DATA_DIR} -lt 90 ]]; then
+  export GATEWAY_UNIX_SOCKET=$GATEWAY_DATA_DIR/gunicorn.sock
+fi
+UPSTREAM=${GATEWAY_UNIX_SOCKET:+unix:$GATEWAY_UNIX_SOCKET}
+UPSTREAM=${UPSTREAM:-$GATEWAY_BIND}
 # Metrics across gunicorn workers; gunicorn.conf.py empties it at start.
 export PROMETHEUS_MULTIPROC_DIR=${PROMETHEUS_MULTIPROC_DIR:-$GATEWAY_DATA_DIR/prometheus-multiproc}
 mkdir -p "$GATEWAY_DATA_DIR/log"
@@ -55,7 +62,7 @@ if [[ ! -x $NGINX ]]; then
 fi
 prefix=$GATEWAY_DATA_DIR/nginx
 conf=$("$PY" -m scripts.nginx_local "$prefix" --listen "127.0.0.1:$NGINX_PORT" \
-  --status-listen "127.0.0.1:$NGINX_STATUS_PORT" --upstream "$GATEWAY_BIND" \
+  --status-listen "127.0.0.1:$NGINX_STATUS_PORT" --upstream "$UPSTREAM" \
   --tutorials-dir "$GATEWAY_DATA_DIR/tutorials")
 "$NGINX" -p "$prefix" -c "$conf" -e "$prefix/error.log" &
 pids+=($!)

@@ -99,15 +99,19 @@ def scripted_llm_args(port: int, pace: float, max_lifetime: int = 1800) -> list[
     ]
 
 
-def gunicorn_args(port: int, workers: int = 1) -> list[str]:
+def gunicorn_args(port: int, workers: int = 1, unix_socket: Path | None = None) -> list[str]:
+    """gunicorn as deployed; `unix_socket` adds the socket nginx uses (a command-line --bind replaces
+    gunicorn.conf.py's, so both are given here)."""
+    binds = ["--bind", f"127.0.0.1:{port}"]
+    if unix_socket is not None:
+        binds += ["--bind", f"unix:{unix_socket}"]
     return [
         PYTHON,
         "-m",
         "gunicorn",
         "-c",
         str(ROOT / "gunicorn.conf.py"),
-        "--bind",
-        f"127.0.0.1:{port}",
+        *binds,
         "--workers",
         str(workers),
         "app.wsgi:application",

@@ -28,6 +28,7 @@ class Stack:
     tutorials: Path
     log: Path
     pid: int = 0  # gunicorn's master
+    unix_socket: Path | None = None  # gunicorn's second bind, the one nginx uses (as in compose)
 
     def journal(self) -> list[dict]:
         return httpx.get(f"{self.llm_url}/_scripted/requests", timeout=5).json()["requests"]
@@ -58,10 +59,17 @@ def stack(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = data_dir / "gunicorn.log"
-    with server(
-        gunicorn_args(port), health_url=f"{url}/readyz", log=log, env=gateway_env(llm_server, data_dir)
-    ) as proc:
-        yield Stack(url=url, llm_url=llm_server, tutorials=data_dir / "tutorials", log=log, pid=proc.pid)
+    sock = data_dir / "gunicorn.sock"
+    env = gateway_env(llm_server, data_dir)
+    with server(gunicorn_args(port, unix_socket=sock), health_url=f"{url}/readyz", log=log, env=env) as proc:
+        yield Stack(
+            url=url,
+            llm_url=llm_server,
+            tutorials=data_dir / "tutorials",
+            log=log,
+            pid=proc.pid,
+            unix_socket=sock,
+        )
 
 
 @dataclass
@@ -80,7 +88,7 @@ def nginx_in_front(stack: Stack, prefix: Path, streams: int, rate: int, burst: i
         prefix,
         listen=f"127.0.0.1:{port}",
         status_listen=f"127.0.0.1:{status_port}",
-        upstream=stack.url.removeprefix("http://"),
+        upstream=f"unix:{stack.unix_socket}" if stack.unix_socket else stack.url.removeprefix("http://"),
         tutorials_dir=stack.tutorials,
         limits={
             "NGINX_STREAMS_PER_CLIENT": str(streams),

@@ -184,6 +184,26 @@ def test_tutorials_volume_is_shared_rw_with_app_and_ro_with_nginx(
     assert services["nginx"]["environment"]["TUTORIALS_DIR"] == nginx[0][0]
 
 
+def test_nginx_reaches_the_app_on_its_unix_socket_in_a_shared_volume(
+    compose: dict[str, Any], services: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    socket_path = services["app"]["environment"]["GATEWAY_UNIX_SOCKET"]
+    assert services["nginx"]["environment"]["GATEWAY_UPSTREAM"] == f"unix:{socket_path}"
+    folder = socket_path.rpartition("/")[0]
+    app = [(s, ro) for s, t, ro in mounts(services["app"]) if t == folder]
+    nginx = [(s, ro) for s, t, ro in mounts(services["nginx"]) if t == folder]
+    assert len(app) == 1 and not app[0][1] and app[0][0] in compose["volumes"]
+    assert nginx == [(app[0][0], True)]
+    # gunicorn binds it next to the TCP address (health checks, Prometheus), socket mode 0777 (umask 0).
+    monkeypatch.setenv("GATEWAY_UNIX_SOCKET", socket_path)
+    monkeypatch.setenv("GATEWAY_BIND", image_env()["GATEWAY_BIND"])
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert conf["bind"] == ["0.0.0.0:8000", f"unix:{socket_path}"]
+    assert conf.get("umask", 0) == 0
+    # The image creates the folder for the app's user (a new named volume copies that ownership).
+    assert folder in (ROOT / "Dockerfile").read_text()
+
+
 def test_nginx_defines_every_template_variable(services: dict[str, dict[str, Any]]) -> None:
     # The image's envsubst leaves an undefined ${NAME} in place, and nginx then refuses the config.
     templates = list((ROOT / "nginx" / "templates").glob("*.template"))

@@ -83,14 +83,18 @@ def observed(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Itera
     with ExitStack() as stack:
         stack.enter_context(
             server(
-                gunicorn_args(app_port, workers=2),
+                gunicorn_args(app_port, workers=2, unix_socket=folder / "gunicorn.sock"),
                 health_url=f"{app_url}/readyz",
                 log=folder / "gunicorn.log",
                 env=env,
             )
         )
         app = Stack(
-            url=app_url, llm_url=llm_server, tutorials=folder / "tutorials", log=folder / "gunicorn.log"
+            url=app_url,
+            llm_url=llm_server,
+            tutorials=folder / "tutorials",
+            log=folder / "gunicorn.log",
+            unix_socket=folder / "gunicorn.sock",
         )
         proxied = stack.enter_context(
             nginx_in_front(app, folder / "nginx", streams=100, rate=1000, burst=1000)

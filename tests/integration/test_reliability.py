@@ -52,7 +52,12 @@ def guarded(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     with ExitStack() as stack:
         proc = stack.enter_context(
-            server(gunicorn_args(port), health_url=f"{url}/readyz", log=folder / "gunicorn.log", env=env)
+            server(
+                gunicorn_args(port, unix_socket=folder / "gunicorn.sock"),
+                health_url=f"{url}/readyz",
+                log=folder / "gunicorn.log",
+                env=env,
+            )
         )
         app = Stack(
             url=url,
@@ -60,6 +65,7 @@ def guarded(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             tutorials=folder / "tutorials",
             log=folder / "gunicorn.log",
             pid=proc.pid,
+            unix_socket=folder / "gunicorn.sock",
         )
         proxied = stack.enter_context(
             nginx_in_front(app, folder / "nginx", streams=100, rate=1000, burst=1000)

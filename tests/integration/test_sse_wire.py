@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 
 import pytest
 
@@ -52,3 +53,64 @@ def test_heartbeats_during_llm_silence(stack):
     assert s.events.count(b": keep-alive\n\n") >= 2
     assert s.events[-1] == b"data: [DONE]\n\n"
     assert s.chunks()[-1]["choices"][0]["finish_reason"] == "stop"
+
+
+def _request(stream: bool, topic: str, version: str) -> bytes:
+    payload = json.dumps(body(topic, stream=stream)).encode()
+    return (
+        f"POST /v1/chat/completions HTTP/{version}\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\n\r\n"
+    ).encode() + payload
+
+
+def _read_chunked(reader) -> list[bytes]:
+    """Strict chunked decoding: every chunk exactly `HEX\\r\\n<data>\\r\\n`, up to `0\\r\\n\\r\\n`."""
+    chunks = []
+    while True:
+        size_line = reader.readline()
+        assert size_line.endswith(b"\r\n") and size_line[:-2], size_line
+        size = int(size_line[:-2], 16)
+        data = reader.read(size + 2)
+        assert data.endswith(b"\r\n"), data[-20:]
+        if size == 0:
+            assert data == b"\r\n"
+            return chunks
+        chunks.append(data[:-2])
+
+
+def _head(reader) -> dict[bytes, bytes]:
+    status = reader.readline()
+    assert status.split()[1] == b"200", status
+    headers = {}
+    while (line := reader.readline()) != b"\r\n":
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    return headers
+
+
+def test_http11_body_is_exact_chunks_and_the_connection_stays_usable(stack):
+    """The events after the first are written by the app itself: on the wire each one is exactly one
+    chunk, gunicorn ends the body, and the kept-alive connection serves the next request."""
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_request(True, "Chunked framing", "1.1"))
+        assert _head(reader)[b"transfer-encoding"] == b"chunked"
+        chunks = _read_chunked(reader)
+        assert len(chunks) > 10
+        assert all(c.endswith(b"\n\n") and c.count(b"\n\n") == 1 for c in chunks)  # one event per chunk
+        assert chunks[-1] == b"data: [DONE]\n\n"
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
+        assert reader.readline().split()[1] == b"200"
+
+
+def test_http10_body_is_raw_events_until_close(stack):
+    host, port = stack.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=60) as sock, sock.makefile("rb") as reader:
+        sock.sendall(_request(True, "Raw framing", "1.0"))
+        headers = _head(reader)
+        assert b"transfer-encoding" not in headers and b"content-length" not in headers
+        raw = reader.read()  # to the end: the server closes the connection
+    events = [block + b"\n\n" for block in raw.split(b"\n\n") if block]
+    assert b"".join(events) == raw
+    assert events[-1] == b"data: [DONE]\n\n"
+    assert sum(1 for e in events if b'"content":"' in e) > 5
