@@ -37,12 +37,14 @@ class GatewayWorker(GeventWorker):
         """Tell the app it may write a streaming body's later events to the socket itself
         (`app.generation.SocketBody`): true when gunicorn speaks HTTP on it (not uwsgi)."""
         super().load_wsgi()
-        if getattr(self.cfg, "protocol", "http") != "http":
+        if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
             return
+        from app.generation import SOCKET_BODY_KEY  # imported with the app already
+
         app = self.wsgi.wsgi_app  # Flask's middleware slot: `self.wsgi` stays the Flask app
 
         def wsgi_app(environ, start_response):
-            environ["gateway.socket_body"] = True
+            environ[SOCKET_BODY_KEY] = True
             return app(environ, start_response)
 
         self.wsgi.wsgi_app = wsgi_app

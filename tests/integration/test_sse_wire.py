@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import socket
+import time
+import uuid
 
 import pytest
 
@@ -55,11 +57,11 @@ def test_heartbeats_during_llm_silence(stack):
     assert s.chunks()[-1]["choices"][0]["finish_reason"] == "stop"
 
 
-def _request(stream: bool, topic: str, version: str) -> bytes:
+def _request(stream: bool, topic: str, version: str, agent: str = "raw-test") -> bytes:
     payload = json.dumps(body(topic, stream=stream)).encode()
     return (
         f"POST /v1/chat/completions HTTP/{version}\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(payload)}\r\n\r\n"
+        f"User-Agent: {agent}\r\nContent-Length: {len(payload)}\r\n\r\n"
     ).encode() + payload
 
 
@@ -92,8 +94,9 @@ def test_http11_body_is_exact_chunks_and_the_connection_stays_usable(stack):
     """The events after the first are written by the app itself: on the wire each one is exactly one
     chunk, gunicorn ends the body, and the kept-alive connection serves the next request."""
     host, port = stack.url.removeprefix("http://").split(":")
+    agent = f"chunk-test-{uuid.uuid4().hex}"
     with socket.create_connection((host, int(port)), timeout=60) as sock, sock.makefile("rb") as reader:
-        sock.sendall(_request(True, "Chunked framing", "1.1"))
+        sock.sendall(_request(True, "Chunked framing", "1.1", agent))
         assert _head(reader)[b"transfer-encoding"] == b"chunked"
         chunks = _read_chunked(reader)
         assert len(chunks) > 10
@@ -101,6 +104,12 @@ def test_http11_body_is_exact_chunks_and_the_connection_stays_usable(stack):
         assert chunks[-1] == b"data: [DONE]\n\n"
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: gateway\r\n\r\n")
         assert reader.readline().split()[1] == b"200"
+    # gunicorn wrote only the first event (its access log counts those bytes); the app wrote the rest.
+    deadline = time.monotonic() + 10
+    while not (lines := [ln for ln in stack.log.read_text().splitlines() if agent in ln]):
+        assert time.monotonic() < deadline, "no access log line"
+        time.sleep(0.1)
+    assert lines[0].split('"')[2].split() == ["200", str(len(chunks[0]))]
 
 
 def test_http10_body_is_raw_events_until_close(stack):
