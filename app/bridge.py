@@ -20,11 +20,12 @@ import contextlib
 import logging
 import selectors
 import socket
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 import gevent
 from gevent import monkey
+from gevent.hub import get_hub
 from gevent.socket import wait_read
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,27 @@ class CooperativeEpollSelector(_NativeEpollSelector):  # type: ignore[misc,valid
             with contextlib.suppress(socket.timeout):
                 wait_read(self.fileno(), timeout=timeout, timeout_exc=socket.timeout)
         return super().select(0)
+
+
+async def off_loop(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` on one of gevent's native threads, awaited on the loop: for blocking calls such as
+    a file's `fsync`, which on the worker's one OS thread would stop every stream of the worker and
+    the loop itself for as long as the disk takes (under disk load, milliseconds to seconds)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(result: Any) -> None:  # in the hub, on the worker's thread
+        if future.done():  # cancelled meanwhile
+            return
+        if result.successful():
+            future.set_result(result.value)
+        else:
+            future.set_exception(result.exception)
+
+    # NOTE: the callback runs in the hub greenlet, on the loop's thread: call_soon_threadsafe wakes the
+    # loop through its self-pipe in case it is waiting for I/O.
+    get_hub().threadpool.spawn(fn, *args).rawlink(lambda result: loop.call_soon_threadsafe(settle, result))
+    return await future
 
 
 class AsyncioBridge:

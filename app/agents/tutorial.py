@@ -16,6 +16,7 @@ from metagpt.schema import Message
 from pydantic import PrivateAttr
 
 from app.agents.base import AgentRequest, AgentResult, Sink, WrittenFile
+from app.bridge import off_loop
 from app.errors import AgentError, APIError, UpstreamError
 from app.llm import Runtime, upstream_failure
 
@@ -90,7 +91,7 @@ async def write_tutorial(request: AgentRequest, sink: Sink, runtime: Runtime) ->
         raise AgentError("The streamed tutorial differs from the agent's; it was not saved.")
     data = text.encode("utf-8")
     name = runtime.store.new_name(role.main_title)
-    runtime.store.write(name, data)
+    await off_loop(runtime.store.write, name, data)  # its fsync must not stop the worker
     runtime.metrics.tutorials_written.inc()
     runtime.metrics.tutorial_bytes.inc(len(data))
     return AgentResult(usage=sink.usage, file=WrittenFile(name=name, bytes=len(data), title=role.main_title))
