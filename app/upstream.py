@@ -49,15 +49,6 @@ class EventDecoder:
         self._data: list[bytes] = []
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        # The usual read: exactly one `data: ...` line and its blank line, nothing pending.
-        if (
-            not self._buffer
-            and not self._data
-            and chunk.startswith(b"data: ")
-            and chunk.find(b"\n") == len(chunk) - 2
-            and chunk.endswith(b"\n\n")
-        ):
-            return [chunk[6:-2]]
         self._buffer += chunk
         *lines, self._buffer = self._buffer.split(b"\n")
         events = []
