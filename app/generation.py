@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import gevent.queue
@@ -33,6 +33,7 @@ from app.protocol import Completion, TutorialFile
 
 if TYPE_CHECKING:
     from app.llm import Runtime
+    from app.upstream import Read
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,19 @@ class Failed:
 
 
 Event = Token | Finished | Failed
+_SILENT = object()  # `_relay`: the upstream was silent for the whole wait
+_FLUSH = object()  # the tick relayed a token but the client's socket did not take all of it
+
+
+class Direct(Protocol):
+    """Where the poller's tick sends plain tokens (`Generation.relay_to`)."""
+
+    def now(self, kind: Kind, text: str, count: int) -> bool:
+        """In the hub: frame, count and send the token without waiting; False if part of it (or
+        the error of sending it) is left for `wait`."""
+
+    def wait(self) -> None:
+        """In the reader's greenlet: send what `now` left, waiting for the client; raises OSError."""
 
 
 class Generation:
@@ -86,6 +100,7 @@ class Generation:
         self._pending: Event | None = None
         self._closed = False
         self._call: Call | None = None  # the LLM call being relayed
+        self._direct: Direct | None = None
         self._client = runtime.client
         sink = Sink(lambda kind, text: self._events.put(Token(kind, text)), self._events.put)
         self._sink = sink
@@ -117,6 +132,12 @@ class Generation:
             # Tasks other than this one still alive on the loop: 0 when nothing was left behind.
             self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()) - 1)
 
+    def relay_to(self, direct: Direct) -> None:
+        """From now on, ordinary tokens of a `steady` upstream reply go to `direct` from the poller's
+        tick (`UpstreamStream.pump`) instead of being returned by `next`: no greenlet switch and a
+        handful of Python calls per token. `next` then returns only what is not a plain token."""
+        self._direct = direct
+
     def next(self, timeout: float | None) -> Event | None:
         """The next event, or None after `timeout` seconds of silence.
 
@@ -126,9 +147,9 @@ class Generation:
         if self._pending is not None:
             event, self._pending = self._pending, None
             return event
-        deadline = None if timeout is None else time.monotonic() + timeout
+        since = time.monotonic()
         while True:
-            wait = None if deadline is None else deadline - time.monotonic()
+            wait = None if timeout is None else timeout - (time.monotonic() - since)
             call = self._call
             if call is None:
                 try:
@@ -141,18 +162,37 @@ class Generation:
                     continue
                 self._call = call = item
                 call.stream = self._client.stream(call.payload)
-            token = self._relay(call, wait)
-            if token is not None:
-                return token
-            if wait is not None and wait <= 0:
+            assert call.stream is not None
+            if self._direct is not None and timeout is not None and call.stream.steady:
+                token = self._relay(call, call.stream.pump, since, timeout, self._pumped)
+                since = time.monotonic()  # the client got tokens meanwhile, or the call moved on
+            else:
+                token = self._relay(call, call.stream.read, wait)
+            if token is _SILENT:
                 return None
+            if token is not None:
+                return token  # type: ignore[return-value]
 
-    def _relay(self, call: Call, wait: float | None) -> Token | None:
-        """One read of the call's reply as a Token, or None: silent for `wait` (then `next` returns
-        None too), or nothing to show (headers, usage), or the call ended (`next` goes on)."""
-        assert call.stream is not None
+    def _pumped(self, read: Read) -> Any:
+        """In the poller's tick: relay a plain token straight to the client (None: done, sleep on);
+        anything else wakes the reader with it (`_relay` deals with it there)."""
+        call = self._call
+        if call is None or read.usage is not None or call.stream.finished:  # type: ignore[union-attr]
+            return read
+        if not read.text:  # a chunk without content (a role, an empty delta)
+            return None
+        call.parts.append(read.text)
+        self._sink.relayed(call.kind, read.text)
+        if self._direct.now(call.kind, read.text, read.tokens):  # type: ignore[union-attr]
+            return None
+        return _FLUSH
+
+    def _relay(self, call: Call, reader: Callable[..., Any], *args: Any) -> Token | object | None:
+        """One `reader(*args)` of the call's reply as a Token, or None: nothing to show (headers,
+        usage, a token the tick relayed), or the call ended (`next` goes on); `_SILENT` when the
+        upstream was silent for the whole wait."""
         try:
-            read = call.stream.read(wait)
+            result = reader(*args)
         except UpstreamError as exc:
             self._call = None
             call.settle(exc)
@@ -160,6 +200,12 @@ class Generation:
         except OSError:  # closed: the call was cancelled on the loop, whose events come next
             self._call = None
             return None
+        if result is _FLUSH:  # the tick relayed a token the client's socket did not take in full
+            self._direct.wait()  # type: ignore[union-attr]
+            return None
+        read: Read = result
+        if read.silent:
+            return _SILENT
         if read.usage is not None:
             call.usage = read.usage
         token = None
@@ -167,7 +213,7 @@ class Generation:
             call.parts.append(read.text)
             self._sink.relayed(call.kind, read.text)
             token = Token(call.kind, read.text, read.tokens)
-        if call.stream.finished:  # the loop goes on with MetaGPT; this token is still sent first
+        if call.stream.finished:  # type: ignore[union-attr]  # MetaGPT goes on; this token is sent first
             self._call = None
             call.settle()
         return token
@@ -257,15 +303,24 @@ class SocketBody:
     HTTP/1.0, where gunicorn closes the connection instead) and handed to the socket in one
     non-blocking `send`; only a client that does not keep up waits, cooperatively, in `sendall`.
     gunicorn writes the terminating chunk when the body ends. A failed write raises `OSError`.
+    `send_now` is the same write for the poller's tick, which must not wait: what the socket does not
+    take (or the error) is left for `flush`, in the greenlet.
     """
 
-    __slots__ = ("_chunked", "_raw", "_sock")
+    __slots__ = ("_chunked", "_error", "_left", "_raw", "_sock")
 
     def __init__(self, sock: Any, chunked: bool) -> None:
         self._sock = sock
         # gevent's plain socket wraps a non-blocking stdlib socket; anything else (TLS) uses sendall.
         self._raw = sock._sock if type(sock) is gevent.socket.socket else None
         self._chunked = chunked
+        self._left = b""
+        self._error: OSError | None = None
+
+    @property
+    def immediate(self) -> bool:
+        """Whether `send_now` can send at all (a plain socket)."""
+        return self._raw is not None
 
     @classmethod
     def of(cls, environ: dict[str, Any]) -> SocketBody | None:
@@ -281,6 +336,8 @@ class SocketBody:
         return cls(sock, chunked=protocol == "HTTP/1.1")
 
     def write(self, data: bytes) -> None:
+        if self._left or self._error is not None:
+            self.flush()
         if self._chunked:
             data = b"%X\r\n%b\r\n" % (len(data), data)
         raw = self._raw
@@ -294,6 +351,66 @@ class SocketBody:
             data = data[sent:]
         self._sock.sendall(data)
 
+    def send_now(self, data: bytes) -> bool:
+        """`write` without waiting (in the hub): False when part of `data`, or the error of sending
+        it, is left for `flush`."""
+        if self._chunked:
+            data = b"%X\r\n%b\r\n" % (len(data), data)
+        raw = self._raw
+        if raw is None or self._left or self._error is not None:
+            self._left += data
+            return False
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._error = exc
+            return False
+        if sent == len(data):
+            return True
+        self._left = data[sent:]
+        return False
+
+    def flush(self) -> None:
+        """Send what `send_now` left, waiting for the client if need be; raises its error."""
+        left, error, self._left, self._error = self._left, self._error, b"", None
+        if error is not None:
+            raise error
+        if left:
+            self._sock.sendall(left)
+
+
+class _Direct:
+    """Tokens from the poller's tick to the client (`Generation.relay_to`), counted like `_events`
+    and `stream` count the events they send."""
+
+    __slots__ = ("_body", "_frames", "_left", "_tokens", "_written")
+
+    def __init__(
+        self,
+        body: SocketBody,
+        frames: dict[Kind, sse.Template],
+        tokens: dict[Kind, _Batched],
+        written: _Batched,
+    ) -> None:
+        self._body, self._frames, self._tokens, self._written = body, frames, tokens, written
+        self._left = 0  # bytes of the event `now` could not send in full
+
+    def now(self, kind: Kind, text: str, count: int) -> bool:
+        self._tokens[kind].add(count)
+        event = self._frames[kind](text)
+        if self._body.send_now(event):
+            self._written.add(len(event))
+            return True
+        self._left = len(event)
+        return False
+
+    def wait(self) -> None:
+        self._body.flush()
+        self._written.add(self._left)
+        self._left = 0
+
 
 def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
     if result.file is None:
@@ -303,16 +420,24 @@ def tutorial_file(result: AgentResult, base_url: str) -> TutorialFile | None:
 
 
 def _events(
-    generation: Generation, completion: Completion, base_url: str, heartbeat: float, status: list[str]
+    generation: Generation,
+    completion: Completion,
+    base_url: str,
+    heartbeat: float,
+    status: list[str],
+    direct: tuple[SocketBody, _Batched] | None,
 ) -> Generator[bytes, None, None]:
-    """The SSE body as a sequence of events; `status[0]` says how it ended."""
+    """The SSE body as a sequence of events; `status[0]` says how it ended. With `direct` (the body
+    and the streamed-bytes counter), tokens after the first go from the poller's tick to the body."""
     metrics, model = generation.metrics, generation.model
     first_token = True
-    frames = {
+    frames: dict[Kind, sse.Template] = {
         "content": sse.Template(lambda text: completion.chunk({"content": text})),
         "reasoning": sse.Template(lambda text: completion.chunk({"reasoning_content": text})),
     }
-    tokens = {kind: _Batched(metrics.streamed_tokens.labels(model, kind)) for kind in frames}
+    tokens: dict[Kind, _Batched] = {
+        kind: _Batched(metrics.streamed_tokens.labels(model, kind)) for kind in frames
+    }
     try:
         yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
         while True:
@@ -324,6 +449,8 @@ def _events(
                 if first_token:
                     first_token = False
                     metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
+                    if direct is not None and direct[0].immediate:
+                        generation.relay_to(_Direct(direct[0], frames, tokens, direct[1]))
                 tokens[event.kind].add(event.count)
                 yield frames[event.kind](event.text)
             elif isinstance(event, Finished):
@@ -365,7 +492,8 @@ def stream(
     metrics, model = generation.metrics, generation.model
     status = ["cancelled"]
     written = _Batched(metrics.streamed_bytes.labels(model))
-    events = _events(generation, completion, base_url, heartbeat, status)
+    direct = None if body is None else (body, written)
+    events = _events(generation, completion, base_url, heartbeat, status, direct)
     try:
         if body is None:
             pending = 0

@@ -18,6 +18,7 @@ import select
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -140,24 +141,29 @@ class ReadinessPoller:
         self.interval = interval
         self._epoll: Any = None
         self._registered: set[int] = set()
-        self._waiting: dict[int, tuple[Waiter, float]] = {}
+        self._waiting: dict[int, tuple[Waiter, float, Callable[[], Any] | None]] = {}
         self._timer: Any = None
         self._ticks = 0
 
-    def wait(self, fd: int, timeout: float) -> bool:
-        """Until `fd` is readable (True) or `timeout` passed (False); OSError if `forget` is called."""
+    def wait(self, fd: int, timeout: float, pump: Callable[[], Any] | None = None) -> Any:
+        """Until `fd` is readable (True) or `timeout` passed (False); OSError if `forget` is called.
+
+        With `pump`, the tick calls `pump()` itself, in the hub, each time `fd` is readable, and the
+        caller wakes only with its first result that is not None (or with what it raised). The hub
+        must not block: `pump` reads and writes without waiting.
+        """
         if self._epoll is None:
             self._epoll = _NativeEpoll()
         if fd not in self._registered:
             self._epoll.register(fd, select.EPOLLIN)
             self._registered.add(fd)
         waiter = Waiter()
-        self._waiting[fd] = (waiter, time.monotonic() + timeout)
+        self._waiting[fd] = (waiter, time.monotonic() + timeout, pump)
         if self._timer is None:
             self._timer = get_hub().loop.timer(self.interval, self.interval)
             self._timer.start(self._tick)
         try:
-            return bool(waiter.get())
+            return waiter.get()
         finally:
             entry = self._waiting.get(fd)
             if entry is not None and entry[0] is waiter:
@@ -178,12 +184,25 @@ class ReadinessPoller:
             waiting = self._waiting
             for fd, _ in self._epoll.poll(0):
                 entry = waiting.pop(fd, None)
-                if entry is not None:
-                    entry[0].switch(True)
+                if entry is None:
+                    continue
+                waiter, _, pump = entry
+                if pump is None:
+                    waiter.switch(True)
+                    continue
+                try:
+                    result = pump()
+                except BaseException as exc:  # the waiter raises it, as if it had read itself
+                    waiter.throw(exc)
+                    continue
+                if result is None:
+                    waiting[fd] = entry
+                else:
+                    waiter.switch(result)
             self._ticks += 1
             if self._ticks % _DEADLINE_EVERY == 0 and waiting:
                 now = time.monotonic()
-                expired = [fd for fd, (_, deadline) in waiting.items() if deadline <= now]
+                expired = [fd for fd, (_, deadline, _) in waiting.items() if deadline <= now]
                 for fd in expired:
                     entry = waiting.get(fd)  # an earlier switch may have changed the table
                     if entry is not None and entry[1] <= now:
@@ -367,9 +386,25 @@ class UpstreamStream:
             self._conn.close()
             self._conn = None
 
+    @property
+    def steady(self) -> bool:
+        """Reading a plain-TCP reply after its 200 head: what `pump` can relay in the poller's tick."""
+        conn = self._conn
+        return conn is not None and not conn.tls and self._response.headers_done and not self.finished
+
     def read(self, wait: float | None) -> Read:
+        return self._guard(self._read, wait)
+
+    def pump(self, since: float, wait: float, take: Callable[[Read], Any]) -> Any:
+        """Like `read(wait)` on a `steady` stream, but reads are taken in the poller's tick, in the
+        hub: `take(read)` there returns None when it dealt with the read (the caller sleeps on), or
+        what the caller wakes with. Returns that, or SILENT after `wait` seconds without a byte
+        from the upstream (counted from `since` at the earliest). Raises like `read`."""
+        return self._guard(self._pump, since, wait, take)
+
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
-            return self._read(wait)
+            return fn(*args)
         except UpstreamError:
             self._drop()
             raise
@@ -387,6 +422,12 @@ class UpstreamStream:
                 "The upstream LLM sent a malformed HTTP response.", code="upstream_unavailable"
             ) from None
 
+    def _limit(self) -> float:
+        limit = self._client.read_timeout - (time.monotonic() - self._last)
+        if limit <= 0:
+            raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
+        return limit
+
     def _read(self, wait: float | None) -> Read:
         if wait is not None and wait <= 0:
             return SILENT
@@ -394,45 +435,72 @@ class UpstreamStream:
             if self._conn is None:
                 self._start()
             assert self._conn is not None
-            conn, response = self._conn, self._response
+            conn = self._conn
             if not conn.ready:
-                limit = self._client.read_timeout - (time.monotonic() - self._last)
-                if limit <= 0:
-                    raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
+                limit = self._limit()
                 if not self._client.poller.wait(conn.fd, limit if wait is None else min(wait, limit)):
                     if wait is not None and wait < limit:
                         return SILENT
                     raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
                 if self.closed:
                     raise OSError(errno.EBADF, "closed")
-            try:
-                data = conn.recv(_READ_SIZE)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                conn.ready = False
-                continue
-            # More may be waiting only if the read filled the buffer (or TLS holds decrypted bytes).
-            conn.ready = len(data) == _READ_SIZE or (conn.tls and conn.sock.pending() > 0)  # type: ignore[attr-defined]
-            self._last = time.monotonic()
-            if not data:
-                stale = self._conn.used and not response.headers_done and not response.body
-                self._drop()
-                if stale:  # a keep-alive connection the server had closed: try again, afresh
-                    continue
-                raise UpstreamError(
-                    "The upstream LLM closed the connection before the end of its answer.",
-                    code="upstream_unavailable",
-                )
-            self._parser.feed_data(data)
-            if not response.headers_done:
-                continue
+            read = self._take(conn)
+            if read is not None:
+                return read
+
+    def _pump(self, since: float, wait: float, take: Callable[[Read], Any]) -> Any:
+        conn = self._conn
+        assert conn is not None
+
+        def tick() -> Any:  # in the hub, when the socket is readable
+            read = self._take(conn)
+            return None if read is None else take(read)
+
+        while True:
+            limit = self._limit()
+            left = wait - (time.monotonic() - max(since, self._last))
+            if left <= 0:
+                return SILENT
+            result = self._client.poller.wait(conn.fd, min(left, limit), tick)
+            if self.closed:
+                raise OSError(errno.EBADF, "closed")
+            if result is not False:  # False: a deadline passed; tokens may have flowed meanwhile
+                return result
+
+    def _take(self, conn: _Connection) -> Read | None:
+        """One read of the socket: what it brought, or None when there is nothing to show yet (no
+        byte waiting, the head not complete, a retry started). Never waits on a `steady` stream."""
+        response = self._response
+        try:
+            data = conn.recv(_READ_SIZE)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            conn.ready = False
+            return None
+        # More may be waiting only if the read filled the buffer (or TLS holds decrypted bytes).
+        conn.ready = len(data) == _READ_SIZE or (conn.tls and conn.sock.pending() > 0)  # type: ignore[attr-defined]
+        self._last = time.monotonic()
+        if not data:
+            stale = conn.used and not response.headers_done and not response.body
+            self._drop()
+            if stale:  # a keep-alive connection the server had closed: try again, afresh
+                return None
+            raise UpstreamError(
+                "The upstream LLM closed the connection before the end of its answer.",
+                code="upstream_unavailable",
+            )
+        headers_done = response.headers_done
+        self._parser.feed_data(data)
+        if not response.headers_done:
+            return None
+        if not headers_done:
             status = self._parser.get_status_code()
             if status != 200:
                 self._drop()
                 if status in _RETRY_STATUSES and self._attempt < self._client.retries:
                     self._pause(_backoff(self._attempt, response.retry_after))
-                    continue
+                    return None
                 raise UpstreamError(f"The upstream LLM answered with HTTP {status}.", code="upstream_status")
-            return self._events()
+        return self._events()
 
     def _events(self) -> Read:
         response = self._response

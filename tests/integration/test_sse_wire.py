@@ -123,3 +123,26 @@ def test_http10_body_is_raw_events_until_close(stack):
     assert b"".join(events) == raw
     assert events[-1] == b"data: [DONE]\n\n"
     assert sum(1 for e in events if b'"content":"' in e) > 5
+
+
+def test_a_client_that_reads_late_gets_every_event_in_order(stack):
+    """A client (nginx's way in: gunicorn's Unix socket) that reads nothing for 4 s while the reply
+    streams: the poller's tick relays the tokens until the socket's buffer is full, the request's
+    greenlet sends the rest once the client reads, and what arrives is the whole tutorial, once, in
+    order."""
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(60)
+        sock.connect(str(stack.unix_socket))
+        with sock.makefile("rb") as reader:
+            sock.sendall(_request(True, "Late reader [[sections:16]][[pace:800]]", "1.1"))
+            assert _head(reader)[b"transfer-encoding"] == b"chunked"
+            time.sleep(4)
+            chunks = _read_chunked(reader)
+    assert len(chunks) > 400  # a few hundred small writes fill a Unix socket's buffer
+    assert all(c.endswith(b"\n\n") and c.count(b"\n\n") == 1 for c in chunks)
+    assert chunks[-1] == b"data: [DONE]\n\n"
+    payloads = [json.loads(c[len(b"data: ") :]) for c in chunks[:-1]]
+    assert payloads[-1]["choices"][0]["finish_reason"] == "stop"
+    content = "".join(p["choices"][0]["delta"].get("content") or "" for p in payloads)
+    tutorial, _link = split_link(content)
+    assert tutorial == (stack.tutorials / payloads[-1]["tutorial"]["name"]).read_text(encoding="utf-8")

@@ -1,5 +1,6 @@
 """`app.upstream` against the real scripted LLM: keep-alive reuse, stale connections, silence and
-timeouts through the batch poller, and a close from another greenlet waking a blocked reader."""
+timeouts through the batch poller, a close from another greenlet waking a blocked reader, and
+`pump` (reads taken in the poller's tick)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from typing import Any
 import gevent
 import httpx
 import pytest
+from gevent.hub import get_hub
 
 from app.errors import UpstreamError
-from app.upstream import UpstreamClient, UpstreamStream
+from app.upstream import SILENT, Read, UpstreamClient, UpstreamStream
 from tests.metagpt_prompts import outline_prompt
 from tests.procs import free_port, nginx_args, server
 
@@ -119,6 +121,73 @@ def test_close_from_another_greenlet_wakes_the_blocked_reader(llm_server):
     while journal(llm_server, topic)["outcome"] != "client_closed" and time.monotonic() < deadline:
         gevent.sleep(0.1)
     assert journal(llm_server, topic)["outcome"] == "client_closed"
+
+
+def until_steady(stream: UpstreamStream) -> list[Read]:
+    """Read as `Generation` does until the head is in (the first token or so): then `pump` applies."""
+    reads = []
+    while not stream.steady:
+        reads.append(stream.read(None))
+        assert not stream.finished
+    return reads
+
+
+def test_pump_takes_plain_reads_in_the_hub_and_wakes_only_for_the_rest(llm_server):
+    topic = "Pumped [[pace:200]]"
+    c = client(llm_server)
+    stream = c.stream(payload(topic))
+    taken: list[tuple[Read, bool]] = []
+
+    def take(read: Read) -> Read | None:
+        taken.append((read, gevent.getcurrent() is get_hub()))
+        return read if read.usage is not None or stream.finished else None
+
+    def pumped() -> tuple[list[Read], list[Read]]:
+        first = until_steady(stream)
+        wakes = []
+        while not stream.finished:
+            wakes.append(stream.pump(time.monotonic(), 5.0, take))
+        return first, wakes
+
+    first, wakes = run(pumped)
+    assert len(taken) > 10 and all(in_hub for _, in_hub in taken)
+    assert len(wakes) == 1 and wakes[0] is not SILENT and wakes[0].usage is not None  # the last read
+    reads = first + [read for read, _ in taken]
+    whole = "".join(read.text for read in reads)
+    assert whole.startswith("{") and whole.rstrip().endswith("}")
+    assert sum(read.tokens for read in reads) == journal(llm_server, topic)["tokens_sent"]
+    c.close()
+
+
+def test_pump_reports_silence_counted_from_the_last_byte_and_wakes_on_close(llm_server):
+    topic = "Pump silence [[pace:50]][[fault:stall]][[after:3]][[stall:20]]"
+    c = client(llm_server)
+    stream = c.stream(payload(topic))
+    taken: list[str] = []
+
+    def take(read: Read) -> None:
+        taken.append(read.text)
+
+    def pumped() -> tuple[Any, float, Any]:
+        until_steady(stream)
+        started = time.monotonic()
+        silent = stream.pump(started - 10, 0.5, take)  # `since` long ago: the last byte counts
+        silence = time.monotonic() - started
+        try:
+            stream.pump(time.monotonic(), 30, take)
+        except BaseException as exc:
+            return silent, silence, exc
+        return silent, silence, None
+
+    g = gevent.spawn(pumped)
+    gevent.sleep(2.0)  # the tokens came, then silence: the reader sleeps in its second pump
+    closed_at = time.monotonic()
+    stream.close()
+    silent, silence, exc = g.get(timeout=5)
+    assert silent is SILENT and 0.3 < silence < 1.5
+    assert isinstance(exc, OSError) and not isinstance(exc, UpstreamError)
+    assert time.monotonic() - closed_at < 0.5
+    c.close()
 
 
 TLS_CONF = """

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import gevent
+import gevent.event
 import gevent.socket
 import pytest
+from gevent.hub import get_hub
 
 from app.generation import SOCKET_BODY_KEY, SocketBody
 
@@ -74,3 +76,43 @@ def test_a_closed_peer_is_an_oserror(pair):
     with pytest.raises(OSError):
         for _ in range(100):  # the first send may still succeed; a later one fails
             body.write(b"data: x\n\n")
+
+
+def _in_hub(fn, *args):
+    """`fn(*args)` as the poller's tick runs it: in the hub, where waiting raises."""
+    result = gevent.event.AsyncResult()
+
+    def call() -> None:
+        try:
+            result.set(fn(*args))
+        except BaseException as exc:
+            result.set_exception(exc)
+
+    get_hub().loop.run_callback(call)
+    return result.get(timeout=10)
+
+
+def test_send_now_never_waits_and_leaves_the_rest_for_flush_in_order(pair):
+    a, b = pair
+    events = [b"data: %d %s\n\n" % (i, b"z" * 1000) for i in range(4000)]  # ~4 MB: more than buffers hold
+    expected = b"".join(b"%X\r\n%b\r\n" % (len(e), e) for e in events)
+    body = SocketBody(a, chunked=True)
+    assert body.immediate
+    sent = _in_hub(lambda: [body.send_now(e) for e in events[:3000]])
+    assert sent[0] and not sent[-1]  # the buffers filled: what did not go waits for flush
+    assert not any(sent[sent.index(False) :])  # nothing jumps the queue once something waits
+    reader = gevent.spawn(_read_all, b, len(expected))
+    body.flush()  # in this greenlet: waits for the reader
+    for event in events[3000:]:
+        body.write(event)
+    assert reader.get(timeout=30) == expected
+
+
+def test_send_now_to_a_closed_peer_leaves_the_error_for_flush(pair):
+    a, b = pair
+    b.close()
+    body = SocketBody(a, chunked=True)
+    assert not all(_in_hub(lambda: [body.send_now(b"data: x\n\n") for _ in range(100)]))
+    with pytest.raises(OSError):
+        body.flush()
+    body.flush()  # raised once: nothing is left
