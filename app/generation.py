@@ -2,6 +2,8 @@
 
 MetaGPT's LLM calls arrive on the queue as `Call`s and are relayed by the reading greenlet itself
 (`Generation.next`): the upstream socket's bytes become token events without an asyncio iteration.
+With a `SocketBody`, ordinary tokens after the first go from the upstream poller's tick straight to
+the client (`relay_to`, `_pumped`), and the greenlet wakes only for the rest.
 
 Cancellation: the SSE generator's `finally` runs when the client goes away (gunicorn closes the
 response iterator after a failed write, and heartbeats make that write happen during LLM silence) or

@@ -6,8 +6,9 @@ through aiohttp on the bridge's asyncio loop each one cost several loop iteratio
 the upstream socket (gevent-patched, non-blocking), feeds the bytes to `httptools` (llhttp, the
 parser node.js uses) and reads only `choices[0].delta.content` and the final `usage` from each
 chunk's JSON (the openai SDK builds a pydantic object per chunk). Whatever arrived in one read
-becomes one event. Connections are kept alive and reused. Every failure leaves here as an
-`UpstreamError`.
+becomes one event. Once a reply is under way, `pump` lets the poller's tick take its reads itself,
+without waking the greenlet (see `app.generation`). Connections are kept alive and reused. Every
+failure leaves here as an `UpstreamError`.
 """
 
 from __future__ import annotations
@@ -133,8 +134,10 @@ class ReadinessPoller:
     and usually a whole `epoll_wait` and process wake-up of its own: at 20 tokens/s per stream the
     worker wakes once per token. Here one repeating timer polls a native epoll of every relayed
     socket and switches to each ready reader in turn: a token waits at most `interval` (10 ms by
-    default) and a worker under load wakes `1/interval` times a second, whatever the streams.
-    Deadlines (heartbeats, read timeouts) are checked every `_DEADLINE_EVERY` ticks.
+    default) and a worker under load wakes `1/interval` times a second, whatever the streams. A
+    reader may instead leave its reads to the tick (`wait(..., pump)`): then it is switched to only
+    when `pump` has something for it. Deadlines (heartbeats, read timeouts) are checked every
+    `_DEADLINE_EVERY` ticks.
     """
 
     def __init__(self, interval: float) -> None:
