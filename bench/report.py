@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import subprocess
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,30 @@ import numpy as np
 import psutil
 
 from bench.analyze import SLO_ADDED_GAP_P99_S, SLO_ADDED_TTFT_P99_S, Phase
+
+_WAKE_PROBE = """
+import time
+def runtime():
+    with open("/proc/self/schedstat") as f:
+        return int(f.read().split()[0])
+before = runtime()
+for _ in range(200):
+    time.sleep(0.01)
+print((runtime() - before) / 200 / 1e9)
+"""
+
+
+def wake_cost() -> float | None:
+    """CPU seconds one wake-up costs a process that sleeps 10 ms (the relay interval), from the
+    scheduler's own runtime: what each tick of a worker's poller costs before doing anything. On a
+    virtual machine it can be far more than on bare metal."""
+    try:
+        probe = subprocess.run(
+            [sys.executable, "-c", _WAKE_PROBE], capture_output=True, text=True, timeout=30, check=True
+        )
+        return float(probe.stdout)
+    except (OSError, ValueError, subprocess.SubprocessError):
+        return None
 
 
 def machine() -> dict[str, Any]:
@@ -40,6 +65,7 @@ def machine() -> dict[str, Any]:
         "nginx": nginx,
         "kernel": platform.release(),
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "wake_s": wake_cost(),
     }
 
 
@@ -127,7 +153,10 @@ def markdown(results: dict[str, Any]) -> str:
         "# Gateway benchmark",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Python {m['python']}, "
-        f"nginx {m['nginx']}, Linux {m['kernel']}, {m['date']}.",
+        f"nginx {m['nginx']}, Linux {m['kernel']}, {m['date']}. A process waking from a 10 ms sleep costs "
+        f"{_us(m.get('wake_s'))} µs of CPU here (scheduler runtime, 200 sleeps): each worker's poller "
+        "ticks every relay interval (10 ms) while streams are open, so at low concurrency that cost "
+        "is shared by few tokens.",
         f"Stack: nginx → gunicorn ({c['gunicorn_workers']} gevent workers) → MetaGPT → scripted LLM at "
         f"{c['pace']:g} tokens/s per stream, all on this machine. Each gateway stream asks for "
         f"`{c['gateway_request']}`; the floor is a second nginx relaying the scripted LLM's stream of one "

@@ -61,7 +61,8 @@ def test_bench_smoke(tmp_path: Path) -> None:
         )
         assert level["vs_floor"]["gap_p99"] is not None
     assert results["cpu_fit"]["cpu_per_request"] is not None
-    assert set(results["machine"]) >= {"nproc", "cpu_model", "ram_gib", "python", "nginx", "date"}
+    assert set(results["machine"]) >= {"nproc", "cpu_model", "ram_gib", "python", "nginx", "date", "wake_s"}
+    assert 0 < results["machine"]["wake_s"] < 0.01  # a wake-up costs CPU, and far less than the sleep
 
     table = [line for line in (out / "results.md").read_text().splitlines() if line.startswith("| ")]
     assert len(table) == 1 + len(levels)  # header and one row per level
