@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     llm_max_retries: int = Field(default=2, ge=0)
     # Each worker looks at its upstream sockets this often and relays what arrived, all streams at once:
     # a token waits at most this long, and a busy worker wakes this often instead of once per token.
-    relay_interval_ms: float = Field(default=10.0, gt=0, le=1000)
+    relay_interval_ms: float = Field(default=20.0, gt=0, le=1000)
 
     # Where files go. Absolute paths only: nothing is written relative to the working directory.
     data_dir: Path = Path("/var/lib/metagpt-gateway")

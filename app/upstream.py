@@ -124,7 +124,7 @@ class _Response:
 
 
 _NativeEpoll = monkey.get_original("select", "epoll")
-_DEADLINE_EVERY = 10  # ticks between two looks at the waiters' deadlines
+_DEADLINE_SECONDS = 0.1  # how often the tick looks at the waiters' deadlines
 
 
 class ReadinessPoller:
@@ -133,11 +133,11 @@ class ReadinessPoller:
     Waiting on a socket the usual gevent way costs, per token, a watcher started and stopped, a timer,
     and usually a whole `epoll_wait` and process wake-up of its own: at 20 tokens/s per stream the
     worker wakes once per token. Here one repeating timer polls a native epoll of every relayed
-    socket and switches to each ready reader in turn: a token waits at most `interval` (10 ms by
+    socket and switches to each ready reader in turn: a token waits at most `interval` (20 ms by
     default) and a worker under load wakes `1/interval` times a second, whatever the streams. A
     reader may instead leave its reads to the tick (`wait(..., pump)`): then it is switched to only
     when `pump` has something for it. Deadlines (heartbeats, read timeouts) are checked every
-    `_DEADLINE_EVERY` ticks.
+    `_DEADLINE_SECONDS` or so.
     """
 
     def __init__(self, interval: float) -> None:
@@ -147,6 +147,7 @@ class ReadinessPoller:
         self._waiting: dict[int, tuple[Waiter, float, Callable[[], Any] | None]] = {}
         self._timer: Any = None
         self._ticks = 0
+        self._deadline_every = max(1, round(_DEADLINE_SECONDS / interval))  # in ticks
 
     def wait(self, fd: int, timeout: float, pump: Callable[[], Any] | None = None) -> Any:
         """Until `fd` is readable (True) or `timeout` passed (False); OSError if `forget` is called.
@@ -203,7 +204,7 @@ class ReadinessPoller:
                 else:
                     waiter.switch(result)
             self._ticks += 1
-            if self._ticks % _DEADLINE_EVERY == 0 and waiting:
+            if self._ticks % self._deadline_every == 0 and waiting:
                 now = time.monotonic()
                 expired = [fd for fd, (_, deadline, _) in waiting.items() if deadline <= now]
                 for fd in expired:
@@ -265,7 +266,7 @@ class UpstreamClient:
         read_timeout: float,
         connect_timeout: float,
         retries: int,
-        poll_interval: float = 0.01,
+        poll_interval: float = 0.02,
     ) -> None:
         self.poller = ReadinessPoller(poll_interval)
         url = urlsplit(base_url)

@@ -22,14 +22,14 @@ def runtime():
     with open("/proc/self/schedstat") as f:
         return int(f.read().split()[0])
 before = runtime()
-for _ in range(200):
-    time.sleep(0.01)
-print((runtime() - before) / 200 / 1e9)
+for _ in range(100):
+    time.sleep(0.02)
+print((runtime() - before) / 100 / 1e9)
 """
 
 
 def wake_cost() -> float | None:
-    """CPU seconds one wake-up costs a process that sleeps 10 ms (the relay interval), from the
+    """CPU seconds one wake-up costs a process that sleeps 20 ms (the relay interval), from the
     scheduler's own runtime: what each tick of a worker's poller costs before doing anything. On a
     virtual machine it can be far more than on bare metal."""
     try:
@@ -153,9 +153,9 @@ def markdown(results: dict[str, Any]) -> str:
         "# Gateway benchmark",
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Python {m['python']}, "
-        f"nginx {m['nginx']}, Linux {m['kernel']}, {m['date']}. A process waking from a 10 ms sleep costs "
-        f"{_us(m.get('wake_s'))} µs of CPU here (scheduler runtime, 200 sleeps): each worker's poller "
-        "ticks every relay interval (10 ms) while streams are open, so at low concurrency that cost "
+        f"nginx {m['nginx']}, Linux {m['kernel']}, {m['date']}. A process waking from a 20 ms sleep costs "
+        f"{_us(m.get('wake_s'))} µs of CPU here (scheduler runtime, 100 sleeps): each worker's poller "
+        "ticks every relay interval (20 ms) while streams are open, so at low concurrency that cost "
         "is shared by few tokens.",
         f"Stack: nginx → gunicorn ({c['gunicorn_workers']} gevent workers) → MetaGPT → scripted LLM at "
         f"{c['pace']:g} tokens/s per stream, all on this machine. Each gateway stream asks for "
