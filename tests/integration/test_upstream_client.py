@@ -133,7 +133,7 @@ def until_steady(stream: UpstreamStream) -> list[Read]:
 
 
 def test_pump_takes_plain_reads_in_the_hub_and_wakes_only_for_the_rest(llm_server):
-    topic = "Pumped [[pace:200]]"
+    topic = "Pumped [[pace:100]]"
     c = client(llm_server)
     stream = c.stream(payload(topic))
     taken: list[tuple[Read, bool]] = []
