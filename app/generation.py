@@ -19,7 +19,7 @@ import logging
 import time
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 import gevent.queue
@@ -62,17 +62,6 @@ _SILENT = object()  # `_relay`: the upstream was silent for the whole wait
 _FLUSH = object()  # the tick relayed a token but the client's socket did not take all of it
 
 
-class Direct(Protocol):
-    """Where the poller's tick sends plain tokens (`Generation.relay_to`)."""
-
-    def now(self, kind: Kind, text: str, count: int) -> bool:
-        """In the hub: frame, count and send the token without waiting; False if part of it (or
-        the error of sending it) is left for `wait`."""
-
-    def wait(self) -> None:
-        """In the reader's greenlet: send what `now` left, waiting for the client; raises OSError."""
-
-
 class Generation:
     """Runs `spec` on the bridge; its events arrive on a gevent queue in the order they happened.
 
@@ -102,7 +91,7 @@ class Generation:
         self._pending: Event | None = None
         self._closed = False
         self._call: Call | None = None  # the LLM call being relayed
-        self._direct: Direct | None = None
+        self._direct: _Direct | None = None
         self._client = runtime.client
         sink = Sink(lambda kind, text: self._events.put(Token(kind, text)), self._events.put)
         self._sink = sink
@@ -134,7 +123,7 @@ class Generation:
             # Tasks other than this one still alive on the loop: 0 when nothing was left behind.
             self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()) - 1)
 
-    def relay_to(self, direct: Direct) -> None:
+    def relay_to(self, direct: _Direct) -> None:
         """From now on, ordinary tokens of a `steady` upstream reply go to `direct` from the poller's
         tick (`UpstreamStream.pump`) instead of being returned by `next`: no greenlet switch and a
         handful of Python calls per token. `next` then returns only what is not a plain token."""
@@ -400,6 +389,8 @@ class _Direct:
         self._left = 0  # bytes of the event `now` could not send in full
 
     def now(self, kind: Kind, text: str, count: int) -> bool:
+        """In the hub: frame, count and send the token without waiting; False if part of it (or the
+        error of sending it) is left for `wait`."""
         self._tokens[kind].add(count)
         event = self._frames[kind](text)
         if self._body.send_now(event):
@@ -409,6 +400,7 @@ class _Direct:
         return False
 
     def wait(self) -> None:
+        """In the reader's greenlet: send what `now` left, waiting for the client; raises OSError."""
         self._body.flush()
         self._written.add(self._left)
         self._left = 0
