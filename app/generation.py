@@ -327,20 +327,9 @@ class SocketBody:
         return cls(sock, chunked=protocol == "HTTP/1.1")
 
     def write(self, data: bytes) -> None:
-        if self._left or self._error is not None:
+        """Send `data` after anything `send_now` left, waiting for the client if need be."""
+        if not self.send_now(data):
             self.flush()
-        if self._chunked:
-            data = b"%X\r\n%b\r\n" % (len(data), data)
-        raw = self._raw
-        if raw is not None:
-            try:
-                sent = raw.send(data)
-            except BlockingIOError:
-                sent = 0
-            if sent == len(data):
-                return
-            data = data[sent:]
-        self._sock.sendall(data)
 
     def send_now(self, data: bytes) -> bool:
         """`write` without waiting (in the hub): False when part of `data`, or the error of sending
