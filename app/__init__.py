@@ -19,6 +19,7 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     metagpt_env.prepare(settings)  # NOTE: must precede every metagpt import, hence the imports below
     metagpt_env.configure_logging(settings)
+    metagpt_env.cache_models_config()
     from app import auth
     from app.agents.registry import build_registry
     from app.bridge import AsyncioBridge

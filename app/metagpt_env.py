@@ -38,6 +38,16 @@ def prepare(settings: Settings) -> None:
     platform.platform()
 
 
+def cache_models_config() -> None:
+    """Every MetaGPT Action re-reads and re-parses the config2.yaml files (`ModelsConfig.default()`)
+    when it is built, several times per request; they are the gateway's placeholder and never change
+    while it runs, so one parse serves the whole process."""
+    from metagpt.configs.models_config import ModelsConfig
+
+    models = ModelsConfig.default()
+    ModelsConfig.default = classmethod(lambda cls: models)
+
+
 def configure_logging(settings: Settings) -> None:
     """Route MetaGPT's loguru output: stderr at the configured level, and no prompt file unless asked."""
     # NOTE: importing metagpt.logs runs its define_log_level(), which adds the DEBUG prompt file sink;

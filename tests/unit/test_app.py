@@ -79,3 +79,24 @@ def test_admission_limit_answers_429_before_any_work(settings):
     )
     assert r.status_code == 429 and r.json["error"]["type"] == "rate_limit_error"
     assert r.headers["Retry-After"]
+
+
+def test_metagpt_actions_are_built_without_rereading_the_config(settings, monkeypatch):
+    """MetaGPT's Action validator calls `ModelsConfig.default()`, which reads and parses the config
+    files each time (0.2 ms per Action, several per request): the app parses them once per process."""
+    create_app(settings)
+    from metagpt.actions.write_tutorial import WriteContent, WriteDirectory
+    from metagpt.configs.models_config import ModelsConfig
+
+    WriteDirectory()
+    reads = []
+
+    def read_yaml(cls, path, encoding="utf-8"):
+        reads.append(path)
+        return {}
+
+    monkeypatch.setattr(ModelsConfig, "read_yaml", classmethod(read_yaml))
+    action = WriteContent(directory={"Intro": ["What it is"]}, language="English")
+    WriteDirectory()
+    assert reads == []
+    assert action.llm is not None  # MetaGPT's own LLM of the context: the config2.yaml's `llm:` placeholder
