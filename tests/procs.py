@@ -51,13 +51,14 @@ def server(
     log: Path,
     env: dict[str, str] | None = None,
     startup_timeout: float = 90,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Run `args` until the block ends; its output goes to `log`."""
+    """Run `args` in `cwd` until the block ends; its output goes to `log`."""
     full_env = {**os.environ, **(env or {})}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             args,
-            cwd=ROOT,
+            cwd=cwd,
             env=full_env,
             stdout=out,
             stderr=subprocess.STDOUT,

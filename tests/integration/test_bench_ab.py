@@ -1,0 +1,52 @@
+"""`bench.ab`, the side-by-side comparison the README's step ratios come from: each side runs its own
+tree, and a short run of the same tree against itself reports sane figures for both."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.ab import check_tree
+from tests.procs import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_a_copied_tree_runs_its_own_code_and_a_tree_without_app_is_refused(tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    shutil.copytree(ROOT / "app", copy / "app", ignore=shutil.ignore_patterns("__pycache__"))
+    env = {**os.environ, "PYTHONPATH": str(copy)}
+    check_tree(copy, env)  # although the editable install puts ROOT on every path
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="not a gateway tree"):
+        check_tree(tmp_path / "empty", {**os.environ, "PYTHONPATH": str(tmp_path / "empty")})
+
+
+def test_same_tree_side_by_side(tmp_path: Path) -> None:
+    out = tmp_path / "ab.json"
+    args = [sys.executable, "-m", "bench.ab", str(ROOT), str(ROOT), "--streams", "4", "--window", "3"]
+    args += ["--repeats", "1", "--warmup", "0", "--pace", "100", "--directives", "[[sections:1]]"]
+    args += ["--env-b", "GATEWAY_RELAY_INTERVAL_MS=40", "--json", str(out)]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "B/A CPU per token:" in done.stdout
+
+    report = json.loads(out.read_text())
+    assert report["env"] == {"A": {}, "B": {"GATEWAY_RELAY_INTERVAL_MS": "40"}}
+    (repeat,) = report["repeats"]
+    for side in ("A", "B"):
+        figures = repeat[side]
+        assert figures["tokens"] > 100 and figures["errors"] == 0
+        assert 0 < figures["cpu_per_token_us"] < 10_000
+        assert math.isclose(figures["user_us"] + figures["system_us"], figures["cpu_per_token_us"])
+        assert figures["gap_p99_ms"] is not None
+    assert repeat["ratio"]["cpu_per_token"] == pytest.approx(
+        repeat["B"]["cpu_per_token_us"] / repeat["A"]["cpu_per_token_us"]
+    )
