@@ -216,14 +216,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="write every repeat's figures here")
+    parser.add_argument("--keep", type=Path, help="work in this new directory and keep it (logs, data)")
     args = parser.parse_args(argv)
     if args.streams < 1 or args.window <= 0 or args.repeats < 1:
         parser.error("streams and repeats must be >= 1, window > 0")
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
     extra = {"A": _env_pairs(args.env_a), "B": _env_pairs(args.env_b)}
     repeats: list[dict[str, dict[str, object]]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-ab-") as tmp, contextlib.ExitStack() as stack:
-        work = Path(tmp)
+    with contextlib.ExitStack() as stack:
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            work = args.keep.resolve()
+        else:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-ab-")))
         llm_port = free_port()
         llm_url = f"http://{HOST}:{llm_port}"
         stack.enter_context(
