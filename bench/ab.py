@@ -35,7 +35,7 @@ import psutil
 
 from bench.loadgen import BodyMaker, LoadGenerators, Spec, StreamResult, split
 from bench.measure import wait_workers
-from bench.stack import HOST, _nginx
+from bench.stack import HOST, _nginx, gateway_env
 from tests.procs import PYTHON, free_port, scripted_llm_args, server
 
 SIDES = ("A", "B")
@@ -63,11 +63,11 @@ class Figures:
     errors: int
 
 
-def _env_pairs(values: Sequence[str]) -> dict[str, str]:
-    pairs = dict(value.split("=", 1) for value in values)
-    if any(not name for name in pairs):
-        raise argparse.ArgumentTypeError("environment settings are NAME=VALUE")
-    return pairs
+def _env_pair(value: str) -> tuple[str, str]:
+    name, equals, setting = value.partition("=")
+    if not name or not equals:
+        raise argparse.ArgumentTypeError(f"{value!r} is not NAME=VALUE")
+    return name, setting
 
 
 def check_tree(tree: Path, env: dict[str, str]) -> None:
@@ -93,15 +93,7 @@ def _side(name: str, tree: Path, work: Path, llm_url: str, extra: dict[str, str]
     data = work / name / "data"
     (data / "tutorials").mkdir(parents=True)
     sock = work / name / "gunicorn.sock"
-    env = {
-        "PYTHONPATH": str(tree),
-        "GATEWAY_LLM_BASE_URL": f"{llm_url}/v1",
-        "GATEWAY_DATA_DIR": str(data),
-        "PROMETHEUS_MULTIPROC_DIR": str(data / "prom"),
-        "GATEWAY_MAX_GENERATIONS_PER_WORKER": "2000",
-        "GATEWAY_HEARTBEAT_SECONDS": "10",
-        **extra,
-    }
+    env = {"PYTHONPATH": str(tree), **gateway_env(llm_url, data), **extra}
     check_tree(tree, {**os.environ, **env})
     port = free_port()
     args = [PYTHON, "-m", "gunicorn", "-c", str(tree / "gunicorn.conf.py"), "--bind", f"{HOST}:{port}"]
@@ -122,7 +114,6 @@ def _side(name: str, tree: Path, work: Path, llm_url: str, extra: dict[str, str]
 
 
 def _figures(
-    side: Side,
     results: list[StreamResult],
     cpu: tuple[float, float],
     nginx: float,
@@ -189,7 +180,7 @@ def measure(
         (u0, s0), n0 = before[side.name]
         (u1, s1), n1 = after[side.name]
         mine = [r for r in results if r.topic.startswith(f"bench-{label}{side.name}-")]
-        out[side.name] = _figures(side, mine, (u1 - u0, s1 - s0), n1 - n0, (w0, w1))
+        out[side.name] = _figures(mine, (u1 - u0, s1 - s0), n1 - n0, (w0, w1))
     return out
 
 
@@ -213,15 +204,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=float, default=5.0, help="seconds of a short warm-up run (0: none)")
     parser.add_argument("--pace", type=float, default=20.0, help="the scripted LLM's tokens/s per stream")
     parser.add_argument("--directives", default="[[sections:2]]", help="appended to every topic")
-    parser.add_argument("--env-a", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--env-b", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--env-a", action="append", default=[], type=_env_pair, metavar="NAME=VALUE")
+    parser.add_argument("--env-b", action="append", default=[], type=_env_pair, metavar="NAME=VALUE")
     parser.add_argument("--json", type=Path, help="write every repeat's figures here")
     parser.add_argument("--keep", type=Path, help="work in this new directory and keep it (logs, data)")
     args = parser.parse_args(argv)
     if args.streams < 1 or args.window <= 0 or args.repeats < 1:
         parser.error("streams and repeats must be >= 1, window > 0")
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
-    extra = {"A": _env_pairs(args.env_a), "B": _env_pairs(args.env_b)}
+    extra = {"A": dict(args.env_a), "B": dict(args.env_b)}
     repeats: list[dict[str, dict[str, object]]] = []
     with contextlib.ExitStack() as stack:
         if args.keep:

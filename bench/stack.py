@@ -53,6 +53,17 @@ class Stack:
         httpx.delete(f"{self.llm_url}/_scripted/requests", timeout=30).raise_for_status()
 
 
+def gateway_env(llm_url: str, data: Path) -> dict[str, str]:
+    """The gateway's settings in every benchmark: its data under `data`, no admission limit in the way."""
+    return {
+        "GATEWAY_LLM_BASE_URL": f"{llm_url}/v1",
+        "GATEWAY_DATA_DIR": str(data),
+        "PROMETHEUS_MULTIPROC_DIR": str(data / "prom"),
+        "GATEWAY_MAX_GENERATIONS_PER_WORKER": "2000",
+        "GATEWAY_HEARTBEAT_SECONDS": "10",
+    }
+
+
 @contextlib.contextmanager
 def _nginx(prefix: Path, upstream: str, tutorials: Path) -> Iterator[tuple[int, int]]:
     port, status_port = free_port(), free_port()
@@ -83,13 +94,7 @@ def running_stack(workdir: Path, logs: Path, pace: float) -> Iterator[Stack]:
     tutorials.mkdir(parents=True, exist_ok=True)
     llm_port, app_port = free_port(), free_port()
     llm_url = f"http://{HOST}:{llm_port}"
-    env = {
-        "GATEWAY_LLM_BASE_URL": f"{llm_url}/v1",
-        "GATEWAY_DATA_DIR": str(data),
-        "PROMETHEUS_MULTIPROC_DIR": str(data / "prom"),
-        "GATEWAY_MAX_GENERATIONS_PER_WORKER": "2000",
-        "GATEWAY_HEARTBEAT_SECONDS": "10",
-    }
+    env = gateway_env(llm_url, data)
     with contextlib.ExitStack() as stack:
         llm = stack.enter_context(
             server(
