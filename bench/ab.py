@@ -7,7 +7,7 @@ behind its own nginx, under the same load at the same time from the same scripte
 `--streams` is per side. For each repeat it prints each worker's CPU per token event delivered in the
 window (user and system), its nginx's, the gap p99, the requests started in the window and the worker
 CPU per such request (meaningful with `--directives "[[pace:0]]"`), and B/A. This machine is noisy
-(the same tree against itself varies by ±15 %): run several repeats and trust what they agree on.
+(the same tree against itself: 0.87-1.22 at 25 streams per side): run several repeats and quote all.
 
 Each side runs its own tree's code: gunicorn starts in that tree with it first on PYTHONPATH, and
 before anything is measured the same interpreter, environment and directory are asked where `app`
