@@ -100,3 +100,24 @@ def test_metagpt_actions_are_built_without_rereading_the_config(settings, monkey
     WriteDirectory()
     assert reads == []
     assert action.llm is not None  # MetaGPT's own LLM of the context: the config2.yaml's `llm:` placeholder
+
+
+def test_each_request_gets_a_fresh_metagpt_context(settings):
+    """`Runtime.context` builds what pydantic's defaults would (an empty `kwargs`, a cost manager with
+    MetaGPT's prices), without deep-copying them, and shares nothing mutable between requests."""
+    runtime = create_app(settings).extensions["gateway.runtime"]
+    from metagpt.context import Context
+    from metagpt.utils.cost_manager import CostManager
+
+    first, second = runtime.context(), runtime.context()
+    default = Context(config=runtime.config, cost_manager=CostManager())
+    for context in (first, second):
+        assert context.config is runtime.config
+        assert context.kwargs.model_dump() == default.kwargs.model_dump() == {}
+        assert context.cost_manager.model_dump() == default.cost_manager.model_dump()
+    assert first.kwargs is not second.kwargs and first.cost_manager is not second.cost_manager
+    assert first.cost_manager.token_costs is not second.cost_manager.token_costs
+    first.kwargs.set("project_path", "/elsewhere")
+    first.cost_manager.update_cost(10, 5, "gpt-4o")
+    assert second.kwargs.get("project_path") is None and second.cost_manager.total_prompt_tokens == 0
+    assert second.cost_manager.total_cost == 0 and first.cost_manager.total_cost > 0
