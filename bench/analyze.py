@@ -223,13 +223,19 @@ def level(
 
 
 def fit_per_request(runs: list[tuple[float, float, float]]) -> dict[str, float | None]:
-    """Least squares cpu = a*requests + b*tokens over (requests, tokens, cpu) runs."""
+    """Least squares cpu = a*requests + b*tokens over (requests, tokens, cpu) runs, with the standard
+    error of `a` from the residuals (None with fewer than three runs: nothing to estimate it from)."""
     if len(runs) < 2:
-        return {"cpu_per_request": None, "cpu_per_token": None}
+        return {"cpu_per_request": None, "cpu_per_token": None, "cpu_per_request_se": None}
     x = np.array([[r, t] for r, t, _ in runs], dtype=np.float64)
     y = np.array([c for _, _, c in runs], dtype=np.float64)
     (a, b), *_ = np.linalg.lstsq(x, y, rcond=None)
-    return {"cpu_per_request": float(a), "cpu_per_token": float(b)}
+    se = None
+    if len(runs) > 2:
+        residual = y - x @ np.array([a, b])
+        variance = float(residual @ residual) / (len(runs) - 2)
+        se = float(np.sqrt(variance * np.linalg.pinv(x.T @ x)[0, 0]))
+    return {"cpu_per_request": float(a), "cpu_per_token": float(b), "cpu_per_request_se": se}
 
 
 def best_n(levels: list[dict[str, Any]]) -> int | None:

@@ -86,9 +86,10 @@ def _pct(share: float | None) -> str:
 
 
 def fmt_fit(fit: dict[str, Any]) -> str:
-    per_request = fit["cpu_per_request"]
+    per_request, se = fit["cpu_per_request"], fit.get("cpu_per_request_se")
+    error = "" if se is None else f" ± {se * 1000:.1f}"
     return (
-        f"{'-' if per_request is None else f'{per_request * 1000:.1f}'} ms per request + "
+        f"{'-' if per_request is None else f'{per_request * 1000:.1f}'}{error} ms per request + "
         f"{_us(fit['cpu_per_token'])} µs per upstream token (pace 0, concurrency {fit['concurrency']}, "
         f"{fit['requests_per_run']} requests of 1 and of 4 sections, {len(fit['runs'])} runs)"
     )
@@ -167,7 +168,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Service objective: added TTFT p99 ≤ {SLO_ADDED_TTFT_P99_S * 1000:.0f} ms, added inter-token p99 ≤ "
         f"{SLO_ADDED_GAP_P99_S * 1000:.0f} ms, no errors. **Largest N meeting it: "
         f"{best if best is not None else 'none'}.**",
-        f"Gateway CPU (fit at pace 0, least squares cpu = a·requests + b·upstream tokens): {fmt_fit(fit)}.",
+        "Gateway CPU (fit at pace 0, least squares cpu = a·requests + b·upstream tokens; a ± one standard "
+        f"error): {fmt_fit(fit)}.",
         "Idle, with no stream at all: "
         + ", ".join(f"{name} {share:.1%} of a core" for name, share in results["idle_core_share"].items())
         + ".",
