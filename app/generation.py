@@ -111,7 +111,8 @@ class Generation:
                 f"The generation took longer than {self.max_seconds:g} s and was stopped."
             )
             self._events.put(Failed(error))
-        except APIError as exc:
+        except APIError as exc:  # the upstream LLM failed, or its output was unusable: operators see why
+            log.warning("agent %s failed: %s (%s, HTTP %d)", spec.id, exc.message, exc.code, exc.status)
             self._events.put(Failed(exc))
         except Exception:
             log.exception("agent %s failed", spec.id)

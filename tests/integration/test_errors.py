@@ -117,6 +117,9 @@ def test_upstream_failure_before_streaming_gets_a_status(stack, directive, code)
     r = httpx.post(stack.url + URL, json=body(f"Failing early {directive}", stream=True), timeout=60)
     assert_error(r, 502, "upstream_error", code)
     assert r.headers.get("content-type") != "text/event-stream"
+    # The operator's side: the worker's log says which agent failed and why.
+    message = r.json()["error"]["message"]
+    assert f"agent write_tutorial failed: {message} ({code}, HTTP 502)" in stack.log.read_text()
 
 
 def test_upstream_failure_non_streaming(stack):
