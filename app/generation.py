@@ -98,6 +98,9 @@ class Generation:
         lifecycle.started(self)
         self._future = bridge.submit(self._job(spec, request, sink, runtime))
 
+    def _timeout_message(self) -> str:
+        return f"The generation took longer than {self.max_seconds:g} s and was stopped."
+
     async def _job(self, spec: AgentSpec, request: AgentRequest, sink: Sink, runtime: Runtime) -> None:
         active = self.metrics.active_generations.labels(self.model)
         active.inc()
@@ -106,14 +109,10 @@ class Generation:
                 result = await spec.run(request, sink, runtime)
         except asyncio.CancelledError:
             raise
-        except TimeoutError:
-            error = GenerationTimeout(
-                f"The generation took longer than {self.max_seconds:g} s and was stopped."
-            )
+        except (TimeoutError, APIError) as exc:  # the time limit, the upstream LLM or its output
+            error = exc if isinstance(exc, APIError) else GenerationTimeout(self._timeout_message())
+            log.warning("agent %s failed: %s (%s, HTTP %d)", spec.id, error.message, error.code, error.status)
             self._events.put(Failed(error))
-        except APIError as exc:  # the upstream LLM failed, or its output was unusable: operators see why
-            log.warning("agent %s failed: %s (%s, HTTP %d)", spec.id, exc.message, exc.code, exc.status)
-            self._events.put(Failed(exc))
         except Exception:
             log.exception("agent %s failed", spec.id)
             self._events.put(Failed(AgentError("The agent failed.")))

@@ -233,6 +233,9 @@ def test_generation_time_limit(llm_server, tmp_path_factory):
         assert r.headers["x-should-retry"] == "false"
         assert settle(url, "gateway_active_generations", 0) == 0
         assert os.listdir(folder / "tutorials") == []
+    logged = (folder / "gunicorn.log").read_text()
+    line = "The generation took longer than 2 s and was stopped. (generation_timeout, HTTP 504)"
+    assert logged.count(f"agent write_tutorial failed: {line}") == 2
 
 
 # --- hostile input ----------------------------------------------------------------------------------
