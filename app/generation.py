@@ -98,9 +98,6 @@ class Generation:
         lifecycle.started(self)
         self._future = bridge.submit(self._job(spec, request, sink, runtime))
 
-    def _timeout_message(self) -> str:
-        return f"The generation took longer than {self.max_seconds:g} s and was stopped."
-
     async def _job(self, spec: AgentSpec, request: AgentRequest, sink: Sink, runtime: Runtime) -> None:
         active = self.metrics.active_generations.labels(self.model)
         active.inc()
@@ -109,10 +106,11 @@ class Generation:
                 result = await spec.run(request, sink, runtime)
         except asyncio.CancelledError:
             raise
-        except (TimeoutError, APIError) as exc:  # the time limit, the upstream LLM or its output
-            error = exc if isinstance(exc, APIError) else GenerationTimeout(self._timeout_message())
-            log.warning("agent %s failed: %s (%s, HTTP %d)", spec.id, error.message, error.code, error.status)
-            self._events.put(Failed(error))
+        except TimeoutError:
+            message = f"The generation took longer than {self.max_seconds:g} s and was stopped."
+            self._fail(spec, GenerationTimeout(message))
+        except APIError as exc:  # the upstream LLM failed, or its output was unusable
+            self._fail(spec, exc)
         except Exception:
             log.exception("agent %s failed", spec.id)
             self._events.put(Failed(AgentError("The agent failed.")))
@@ -122,6 +120,11 @@ class Generation:
             active.dec()
             # Tasks other than this one still alive on the loop: 0 when nothing was left behind.
             self.metrics.asyncio_tasks.set(len(asyncio.all_tasks()) - 1)
+
+    def _fail(self, spec: AgentSpec, error: APIError) -> None:
+        """End the generation with `error`, and tell the operator what the client is told."""
+        log.warning("agent %s failed: %s (%s, HTTP %d)", spec.id, error.message, error.code, error.status)
+        self._events.put(Failed(error))
 
     def relay_to(self, direct: _Direct) -> None:
         """From now on, ordinary tokens of a `steady` upstream reply go to `direct` from the poller's

@@ -34,7 +34,7 @@ import numpy as np
 import psutil
 
 from bench.loadgen import BodyMaker, LoadGenerators, Spec, StreamResult, split
-from bench.measure import wait_workers
+from bench.measure import Group, wait_workers
 from bench.stack import HOST, _nginx, gateway_env
 from tests.procs import PYTHON, free_port, scripted_llm_args, server
 
@@ -80,8 +80,9 @@ def check_tree(tree: Path, env: dict[str, str]) -> None:
 
 
 def _cpu(process: psutil.Process) -> tuple[float, float]:
+    """User and system CPU seconds of `process` and its descendants."""
     user = system = 0.0
-    for p in (process, *process.children(recursive=True)):
+    for p in Group("", (process.pid,)).processes():
         with contextlib.suppress(psutil.NoSuchProcess):
             times = p.cpu_times()
             user, system = user + times.user, system + times.system
@@ -214,6 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     trees = {"A": args.tree_a.resolve(), "B": args.tree_b.resolve()}
     extra = {"A": dict(args.env_a), "B": dict(args.env_b)}
     repeats: list[dict[str, dict[str, object]]] = []
+    ratios: list[float] = []
     with contextlib.ExitStack() as stack:
         if args.keep:
             args.keep.mkdir(parents=True)
@@ -240,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ratio = b.cpu_per_token_us / a.cpu_per_token_us
             print(f"repeat {number + 1}: B/A {ratio:.3f}\n  A {_line(a)}\n  B {_line(b)}", flush=True)
             repeats.append({"A": asdict(a), "B": asdict(b), "ratio": {"cpu_per_token": ratio}})
-    ratios = [r["ratio"]["cpu_per_token"] for r in repeats]
+            ratios.append(ratio)
     print("B/A CPU per token: " + ", ".join(f"{r:.3f}" for r in ratios))
     if args.json:
         payload = {
