@@ -3,7 +3,8 @@
 MetaGPT decides where it writes (logs, workspace, schemas) from METAGPT_PROJECT_ROOT at import time and
 builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml. The real LLM
 settings are given per agent (`app.llm`), so the file written here is a placeholder. MetaGPT's
-packages that import all their siblings are imported lazily (`app.lazy_packages`).
+packages that import all their siblings are imported lazily, and a few libraries its modules import
+but the gateway never uses are loaded only if used (`app.lazy_packages`).
 """
 
 from __future__ import annotations
@@ -30,8 +31,8 @@ def prepare(settings: Settings) -> None:
     if "metagpt" in sys.modules and os.environ.get("METAGPT_PROJECT_ROOT") != str(root):
         raise RuntimeError("metagpt was imported before its project root was set")
     os.environ["METAGPT_PROJECT_ROOT"] = str(root)
-    # ~2,800 modules and ~180 MiB per worker that the gateway never uses
-    if late := lazy_packages.install():
+    # ~3,400 modules and ~220 MiB per worker that the gateway never uses
+    if late := lazy_packages.install() + lazy_packages.defer():
         logging.getLogger(__name__).warning("imported before the gateway could make them lazy: %s", late)
     # The openai SDK calls platform.platform() for every new client; under gevent, outside the main
     # greenlet, its first call forks `uname -p` and fails. Calling it once here caches the answer.
