@@ -119,6 +119,7 @@ class Runtime:
             connect_timeout=settings.llm_connect_timeout_seconds,
             retries=settings.llm_max_retries,
             poll_interval=settings.relay_interval_ms / 1000,
+            longest_poll_interval=settings.relay_max_interval_ms / 1000,
         )
 
     def context(self) -> Context:

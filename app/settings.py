@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     # Each worker looks at its upstream sockets this often and relays what arrived, all streams at once:
     # a token waits at most this long, and a busy worker wakes this often instead of once per token.
     relay_interval_ms: float = Field(default=20.0, gt=0, le=1000)
+    # With few tokens arriving, a worker relays less often, up to this (never below the above): each
+    # wake-up costs CPU whatever it relays. Equal to (or below) relay_interval_ms: a fixed interval.
+    relay_max_interval_ms: float = Field(default=50.0, gt=0, le=1000)
 
     # Where files go. Absolute paths only: nothing is written relative to the working directory.
     data_dir: Path = Path("/var/lib/metagpt-gateway")
