@@ -150,7 +150,9 @@ def test_a_client_that_reads_late_gets_every_event_in_order(stack):
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(60)
         sock.connect(str(stack.unix_socket))
-        sock.sendall(_request(True, "Late reader [[sections:16]][[pace:800]]", "1.1"))
+        # NOTE: the queue fills by events (each send is a buffer of its own), and the poller packs more
+        # tokens into each event the longer its interval: a long reply fills it at any interval.
+        sock.sendall(_request(True, "Late reader [[sections:40]][[pace:800]]", "1.1"))
         queued = _held_up(sock)
         assert b"[DONE]" not in queued  # held up mid-stream, not merely finished
         with sock.makefile("rb") as reader:
