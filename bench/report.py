@@ -29,7 +29,7 @@ print((runtime() - before) / 100 / 1e9)
 
 
 def wake_cost() -> float | None:
-    """CPU seconds one wake-up costs a process that sleeps 20 ms (the relay interval), from the
+    """CPU seconds one wake-up costs a process that sleeps 20 ms (the shortest relay interval), from the
     scheduler's own runtime: what each tick of a worker's poller costs before doing anything. On a
     virtual machine it can be far more than on bare metal."""
     try:
@@ -156,8 +156,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"Machine: {m['nproc']} CPUs ({m['cpu_model']}), {m['ram_gib']} GiB RAM, Python {m['python']}, "
         f"nginx {m['nginx']}, Linux {m['kernel']}, {m['date']}. A process waking from a 20 ms sleep costs "
         f"{_us(m.get('wake_s'))} µs of CPU here (scheduler runtime, 100 sleeps): each worker's poller "
-        "ticks every relay interval (20 ms) while streams are open, so at low concurrency that cost "
-        "is shared by few tokens.",
+        "ticks every relay interval (20 ms under load, up to 50 ms while few tokens arrive) while streams "
+        "are open, so at low concurrency that cost is shared by few tokens.",
         f"Stack: nginx → gunicorn ({c['gunicorn_workers']} gevent workers) → MetaGPT → scripted LLM at "
         f"{c['pace']:g} tokens/s per stream, all on this machine. Each gateway stream asks for "
         f"`{c['gateway_request']}`; the floor is a second nginx relaying the scripted LLM's stream of one "
