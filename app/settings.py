@@ -24,7 +24,7 @@ class Settings(BaseSettings):
     # The SDK retries a refused connection or a 5xx before any token was streamed; never mid-stream.
     llm_max_retries: int = Field(default=2, ge=0)
     # Each worker looks at its upstream sockets this often and relays what arrived, all streams at once:
-    # a token waits at most this long, and a busy worker wakes this often instead of once per token.
+    # under load a token waits at most this long, and a worker wakes this often instead of once per token.
     relay_interval_ms: float = Field(default=20.0, gt=0, le=1000)
     # With few tokens arriving, a worker relays less often, up to this (never below the above): each
     # wake-up costs CPU whatever it relays. Equal to (or below) relay_interval_ms: a fixed interval.
