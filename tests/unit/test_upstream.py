@@ -73,7 +73,7 @@ def test_parse_chunk_errors(payload, code):
 
 class _Peers:
     """Socket pairs read by greenlets through one poller (each read taken in its tick), written from
-    here at a given rate: the bytes each reader got, and when."""
+    here at a given rate: `got` counts the bytes each reader got."""
 
     def __init__(self, poller: ReadinessPoller, count: int) -> None:
         self.pairs = [socket.socketpair() for _ in range(count)]
