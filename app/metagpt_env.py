@@ -1,7 +1,8 @@
 """Prepare the process for MetaGPT before anything imports it.
 
 MetaGPT decides where it writes (logs, workspace, schemas) from METAGPT_PROJECT_ROOT at import time and
-builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml. The real LLM
+builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml; it imports GitPython,
+which needs to be told that a host without git is fine. The real LLM
 settings are given per agent (`app.llm`), so the file written here is a placeholder. MetaGPT's
 packages that import all their siblings are imported lazily, and a few libraries its modules import
 but the gateway never uses are loaded only if used (`app.lazy_packages`).
@@ -31,6 +32,10 @@ def prepare(settings: Settings) -> None:
     if "metagpt" in sys.modules and os.environ.get("METAGPT_PROJECT_ROOT") != str(root):
         raise RuntimeError("metagpt was imported before its project root was set")
     os.environ["METAGPT_PROJECT_ROOT"] = str(root)
+    # MetaGPT imports GitPython at import time (metagpt.context -> utils.git_repository), and GitPython
+    # raises ImportError("Bad git executable") on a host without `git` (the image has none, issue 16).
+    # The gateway never runs git; this is GitPython's own switch for importing without it.
+    os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     # ~3,400 modules and ~220 MiB per worker that the gateway never uses
     if late := lazy_packages.install() + lazy_packages.defer():
         logging.getLogger(__name__).warning("imported before the gateway could make them lazy: %s", late)
