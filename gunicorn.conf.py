@@ -1,53 +1,8 @@
 """gunicorn settings for the gateway. Each value that is not gunicorn's default says why."""
 
-import json
 import os
 
-from gunicorn import util
-from gunicorn.workers.ggevent import GeventWorker
-
 _env = os.environ.get
-
-
-def _write_json_error(sock, status_int, reason, mesg):
-    """gunicorn's own answers to malformed HTTP, as OpenAI error objects instead of HTML pages."""
-    code = "bad_request" if status_int < 500 else "server_error"
-    error = {
-        "message": f"{reason}: {mesg}",
-        "type": "invalid_request_error" if status_int < 500 else "server_error",
-        "param": None,
-        "code": code,
-    }
-    body = json.dumps({"error": error}).encode()
-    head = (
-        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    )
-    util.write_nonblock(sock, head.encode("latin1") + body)
-
-
-class GatewayWorker(GeventWorker):
-    """The gevent worker, with gunicorn's error pages in the API's error format."""
-
-    def init_process(self):
-        util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
-        super().init_process()
-
-    def load_wsgi(self):
-        """Tell the app it may write a streaming body's later events to the socket itself
-        (`app.generation.SocketBody`): true when gunicorn speaks HTTP on it (not uwsgi)."""
-        super().load_wsgi()
-        if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
-            return
-        from app.generation import SOCKET_BODY_KEY  # imported with the app already
-
-        app = self.wsgi.wsgi_app  # Flask's middleware slot: `self.wsgi` stays the Flask app
-
-        def wsgi_app(environ, start_response):
-            environ[SOCKET_BODY_KEY] = True
-            return app(environ, start_response)
-
-        self.wsgi.wsgi_app = wsgi_app
 
 
 bind = [_env("GATEWAY_BIND", "127.0.0.1:8000")]
@@ -57,7 +12,7 @@ bind = [_env("GATEWAY_BIND", "127.0.0.1:8000")]
 if _env("GATEWAY_UNIX_SOCKET"):
     bind.append(f"unix:{_env('GATEWAY_UNIX_SOCKET')}")
 # gevent: thousands of mostly idle streams per worker; MetaGPT runs on an asyncio loop bridged into it.
-worker_class = GatewayWorker
+worker_class = "app.worker.GatewayWorker"  # gunicorn's gevent worker, with the changes it lists
 workers = int(_env("GATEWAY_WORKERS", "2"))  # one per core on this 2-core machine
 worker_connections = int(_env("GATEWAY_WORKER_CONNECTIONS", "1000"))
 # `timeout` only kills a worker whose hub is blocked; streams themselves may run for minutes.

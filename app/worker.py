@@ -1,0 +1,122 @@
+"""The gateway's gunicorn worker: gunicorn's gevent worker, with its error pages in the API's error format,
+the socket-body flag for streams, and a stop that closes idle keep-alive connections at once.
+
+gunicorn's gevent worker, told to stop (SIGTERM: `docker stop`, a reload's old workers), stops accepting
+within a second, then waits for every connection it holds, including those idle between two requests:
+nginx keeps up to 32 of them open per worker for 60 s, so a stop took ~60 s with nothing running, and
+requests nginx sent on them meanwhile got `server_shutting_down` (issue 16). Here a stopping worker
+stops accepting at once and closes every connection that is waiting for its next request with nothing
+received; nginx sees the close and drops the connection from its cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import socket
+import struct
+import termios
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import gevent
+from gevent.server import StreamServer
+from gunicorn import util
+from gunicorn.workers import ggevent
+from gunicorn.workers.ggevent import GeventWorker
+
+
+def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None:
+    """gunicorn's own answers to malformed HTTP, as OpenAI error objects instead of HTML pages."""
+    code = "bad_request" if status_int < 500 else "server_error"
+    error = {
+        "message": f"{reason}: {mesg}",
+        "type": "invalid_request_error" if status_int < 500 else "server_error",
+        "param": None,
+        "code": code,
+    }
+    body = json.dumps({"error": error}).encode()
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    util.write_nonblock(sock, head.encode("latin1") + body)
+
+
+class _Listener(StreamServer):  # type: ignore[misc]
+    """gunicorn's per-socket server, remembered so that a stopping worker can stop accepting at once."""
+
+    instances: weakref.WeakSet[_Listener] = weakref.WeakSet()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.instances.add(self)
+
+
+# NOTE: gunicorn's GeventWorker.run builds its servers from this module attribute and keeps them local;
+# this is the one way to reach them. It changes nothing else about them.
+ggevent.StreamServer = _Listener
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
+
+
+class GatewayWorker(GeventWorker):  # type: ignore[misc]
+    def init_process(self) -> None:
+        util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
+        self._clients: dict[gevent.Greenlet, socket.socket] = {}  # each handler's connection
+        self._idle: set[gevent.Greenlet] = set()  # handlers waiting for their connection's next request
+        super().init_process()
+
+    def load_wsgi(self) -> None:
+        """Tell the app it may write a streaming body's later events to the socket itself
+        (`app.generation.SocketBody`): true when gunicorn speaks HTTP on it (not uwsgi)."""
+        super().load_wsgi()
+        if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
+            return
+        from app.generation import SOCKET_BODY_KEY  # imported with the app already
+
+        app = self.wsgi.wsgi_app  # Flask's middleware slot: `self.wsgi` stays the Flask app
+
+        def wsgi_app(environ: dict[str, Any], start_response: Any) -> Any:
+            environ[SOCKET_BODY_KEY] = True
+            return app(environ, start_response)
+
+        self.wsgi.wsgi_app = wsgi_app
+
+    def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
+        me = gevent.getcurrent()
+        self._clients[me] = client
+        try:
+            super().handle(listener, client, addr)
+        finally:
+            del self._clients[me]
+
+    @contextlib.contextmanager
+    def timeout_ctx(self) -> Iterator[None]:
+        """gunicorn waits for each request of a keep-alive connection inside this (at most `keepalive`)."""
+        me = gevent.getcurrent()
+        self._idle.add(me)
+        try:
+            with gevent.Timeout(self.cfg.keepalive, False):
+                yield
+        finally:
+            self._idle.discard(me)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)  # alive = False: responses from now on close their connection
+        gevent.spawn(self.close_idle_connections)
+
+    def close_idle_connections(self) -> None:
+        """Stop accepting, and close each connection waiting for a request of which nothing has arrived.
+        A request already arriving is served (and its connection then closed)."""
+        for server in list(_Listener.instances):
+            server.stop_accepting()
+        for handler in list(self._idle):
+            client = self._clients.get(handler)
+            if client is not None and _unread_bytes(client) == 0:
+                with contextlib.suppress(OSError):
+                    client.shutdown(socket.SHUT_RDWR)  # the handler reads EOF and ends quietly
