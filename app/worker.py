@@ -19,7 +19,7 @@ import struct
 import termios
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 
 import gevent
 from gevent.server import StreamServer
@@ -45,10 +45,10 @@ def _write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> Non
     util.write_nonblock(sock, head.encode("latin1") + body)
 
 
-class _Listener(StreamServer):  # type: ignore[misc]
+class _Listener(StreamServer):
     """gunicorn's per-socket server, remembered so that a stopping worker can stop accepting at once."""
 
-    instances: weakref.WeakSet[_Listener] = weakref.WeakSet()
+    instances: ClassVar[weakref.WeakSet[_Listener]] = weakref.WeakSet()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -64,7 +64,7 @@ def _unread_bytes(sock: socket.socket) -> int:
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
 
 
-class GatewayWorker(GeventWorker):  # type: ignore[misc]
+class GatewayWorker(GeventWorker):
     def init_process(self) -> None:
         util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
         self._clients: dict[gevent.Greenlet, socket.socket] = {}  # each handler's connection
