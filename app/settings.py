@@ -6,6 +6,7 @@ Every variable is prefixed `GATEWAY_` (e.g. `GATEWAY_LLM_BASE_URL`). Tests build
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -68,6 +69,15 @@ class Settings(BaseSettings):
         if value is not None and not value.is_absolute():
             raise ValueError(f"must be an absolute path, got {str(value)!r}")
         return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query or parts.fragment:
+                raise ValueError(f"must be an http or https URL such as https://example.com, got {value!r}")
+        return value or None
 
     @property
     def tutorials_path(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -19,9 +20,22 @@ from app.settings import Settings
 bp = Blueprint("completions", __name__)
 
 
+# A host name or IP literal, and an optional port: what a download link may start with.
+_HOST = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
 def _base_url() -> str:
+    """Where download links point: GATEWAY_PUBLIC_BASE_URL, else the scheme and host the request came to
+    (nginx forwards its own; a client reaching gunicorn directly could send anything)."""
     configured = current_app.extensions["gateway.settings"].public_base_url
-    return (configured or request.host_url).rstrip("/")
+    if configured:
+        return str(configured).rstrip("/")
+    if request.scheme not in ("http", "https") or not _HOST.fullmatch(request.host):
+        raise InvalidRequest(
+            "The request's scheme or host (Host, X-Forwarded-Proto/Host/Port) cannot start a download link; "
+            "send http or https and a host name, or set GATEWAY_PUBLIC_BASE_URL."
+        )
+    return f"{request.scheme}://{request.host}"
 
 
 def _payload() -> Any:
@@ -67,6 +81,7 @@ def chat_completions() -> Response:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
     g.metrics_model = spec.id
     agent_request = _agent_request(body, settings)
+    base_url = _base_url()
     try:
         lifecycle.admit()
     except APIError as exc:
@@ -75,7 +90,6 @@ def chat_completions() -> Response:
         raise
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     completion = Completion(model=body.model, include_usage=include_usage)
-    base_url = _base_url()
     generation = Generation(
         ext["gateway.bridge"],
         ext["gateway.runtime"],

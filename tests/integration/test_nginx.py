@@ -65,7 +65,9 @@ def test_stream_is_unbuffered(proxied):
 
 
 def test_link_downloads_same_bytes_served_by_nginx(proxied):
-    s = stream_raw(proxied.url, body("Downloads through nginx", stream=True))
+    # A client's own X-Forwarded-Port / -Prefix never reach the app (nginx is the one trusted hop).
+    spoofed = {"X-Forwarded-Port": "1", "X-Forwarded-Prefix": "/elsewhere"}
+    s = stream_raw(proxied.url, body("Downloads through nginx", stream=True), headers=spoofed)
     assert s.status == 200 and s.events[-1] == b"data: [DONE]\n\n"
     tutorial, _ = split_link(s.text())
     info = s.chunks()[-1]["tutorial"]

@@ -3,6 +3,7 @@
 import pytest
 
 from app import create_app
+from app.settings import Settings
 
 
 @pytest.fixture(scope="module")
@@ -121,3 +122,29 @@ def test_each_request_gets_a_fresh_metagpt_context(settings):
     first.cost_manager.update_cost(10, 5, "gpt-4o")
     assert second.kwargs.get("project_path") is None and second.cost_manager.total_prompt_tokens == 0
     assert second.cost_manager.total_cost == 0 and first.cost_manager.total_cost > 0
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"X-Forwarded-Proto": "javascript"},  # was a javascript:// link
+        {"X-Forwarded-Port": "x"},  # was http:/download/...
+        {"X-Forwarded-Host": "evil.example/path"},
+        {"Host": "a b"},
+    ],
+)
+def test_a_link_is_never_built_from_a_bad_scheme_or_host(client, headers):
+    r = client.post(
+        "/v1/chat/completions",
+        json={"model": "write_tutorial", "messages": [{"role": "user", "content": "x"}]},
+        headers=headers,
+    )
+    assert r.status_code == 400, r.json
+    assert r.json["error"]["type"] == "invalid_request_error"
+    assert "GATEWAY_PUBLIC_BASE_URL" in r.json["error"]["message"]
+
+
+@pytest.mark.parametrize("url", ["javascript:alert(1)", "ftp://example.com", "example.com", "https://x/?q=1"])
+def test_public_base_url_must_be_an_http_url(settings, url):
+    with pytest.raises(ValueError, match="http or https URL"):
+        Settings(data_dir=settings.data_dir, public_base_url=url)
