@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 
 from flask import Flask, current_app, request
 
@@ -35,6 +36,12 @@ class Authenticator:
 
 def install(app: Flask, authenticator: Authenticator) -> None:
     app.extensions["gateway.auth"] = authenticator
+    if not authenticator.enabled:
+        # Serving without keys is a choice the operator must see (issue 16), not a silent default.
+        logging.getLogger(__name__).warning(
+            "No API keys configured (GATEWAY_API_KEYS, GATEWAY_API_KEYS_FILE): anyone who can reach the "
+            "gateway may run agents and download every tutorial."
+        )
 
     @app.before_request
     def _require_key() -> None:

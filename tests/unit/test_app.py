@@ -1,6 +1,7 @@
 """The Flask app in-process (no servers): routing, error mapping and downloads."""
 
 import pytest
+from pydantic import SecretStr
 
 from app import create_app
 from app.settings import Settings
@@ -148,3 +149,13 @@ def test_a_link_is_never_built_from_a_bad_scheme_or_host(client, headers):
 def test_public_base_url_must_be_an_http_url(settings, url):
     with pytest.raises(ValueError, match="http or https URL"):
         Settings(data_dir=settings.data_dir, public_base_url=url)
+
+
+def test_serving_without_api_keys_logs_a_warning_at_start(settings, caplog):
+    with caplog.at_level("WARNING", logger="app.auth"):
+        create_app(settings)
+    assert "No API keys configured" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="app.auth"):
+        create_app(settings.model_copy(update={"api_keys": SecretStr("k1")}))
+    assert "No API keys configured" not in caplog.text
