@@ -188,7 +188,7 @@ def test_one_setting_is_gunicorns_graceful_timeout_and_the_stop_grace_period(
 ) -> None:
     monkeypatch.delenv("GATEWAY_GRACEFUL_TIMEOUT", raising=False)
     conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
-    setting = "${GATEWAY_GRACEFUL_TIMEOUT:-%d}" % conf["graceful_timeout"]  # compose's default is gunicorn's
+    setting = f"${{GATEWAY_GRACEFUL_TIMEOUT:-{conf['graceful_timeout']}}}"  # compose's default is gunicorn's
     assert services["app"]["environment"]["GATEWAY_GRACEFUL_TIMEOUT"] == setting
     # nginx drains the same streams, stopped at the same time as the app.
     assert services["app"]["stop_grace_period"] == services["nginx"]["stop_grace_period"] == f"{setting}s"
