@@ -3,7 +3,10 @@
 #   nginx                      the reverse proxy under test
 #   prometheus, promtool       promtool checks prometheus/prometheus.yml
 #   prometheus-nginx-exporter  turns nginx's stub_status into metrics
-#   docker-compose             `docker-compose config` validates docker-compose.yml (no engine needed)
+#   docker-compose             validates docker-compose.yml, and runs it in the end-to-end test
+#   dockerd (docker.io)        the private Docker engine the end-to-end test starts (tests/container)
+#   mmdebstrap                 builds the stand-in base images from Debian packages (no registry here)
+#   iptables, ip (iproute2)    dockerd's networking, and the test's clean-up of what dockerd leaves
 # Idempotent: when every command is present it exits at once, without touching apt.
 # Services are never started: Debian's postinst scripts would start nginx and prometheus daemons.
 set -euo pipefail
@@ -15,9 +18,13 @@ declare -A PACKAGE_OF=(
   [promtool]=prometheus
   [prometheus-nginx-exporter]=prometheus-nginx-exporter
   [docker-compose]=docker-compose
+  [dockerd]=docker.io
+  [mmdebstrap]=mmdebstrap
+  [iptables]=iptables
+  [ip]=iproute2
 )
 # The daemons a postinst could start; any that appear during the install are stopped again.
-DAEMONS=(nginx prometheus prometheus-nginx-exporter)
+DAEMONS=(nginx prometheus prometheus-nginx-exporter dockerd containerd)
 
 have() {  # sbin is not on every user's PATH, yet nginx lives there
   command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /usr/bin/$1 ]]
