@@ -10,7 +10,8 @@ export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 .PHONY: install os-deps tools run test lint unit integration bench bench-smoke clean
 
 # Everything the stack and the tests need: the locked Python environment, Debian's nginx, Prometheus,
-# the nginx exporter and docker-compose (apt, as root), and the linters for the deploy files.
+# the nginx exporter, docker-compose, the Docker engine and mmdebstrap (apt, as root), and the linters
+# for the deploy files.
 install: $(VENV)/.installed os-deps tools
 
 os-deps:
