@@ -62,7 +62,9 @@ DRAIN_MARGIN = 5
 
 
 def post_worker_init(worker):
-    """SIGTERM drains the app too: readiness turns false, new work gets 503, late streams end cleanly."""
+    """SIGTERM drains the app too: readiness turns false and late streams end cleanly. The worker stops
+    accepting and closes its idle connections at the same moment (app.worker), so a request that still
+    reaches the app was on its way before: it is served, not refused (a reload then loses none)."""
     import gc
     import signal
 
@@ -75,7 +77,7 @@ def post_worker_init(worker):
     stop_worker = worker.handle_exit
 
     def on_sigterm(sig, frame):
-        lifecycle.drain(deadline)
+        lifecycle.drain(deadline, refuse_new=False)
         stop_worker(sig, frame)
 
     signal.signal(signal.SIGTERM, on_sigterm)

@@ -24,10 +24,11 @@ class Lifecycle:
         self.max_generations = max_generations
         self.active: set[Generation] = set()
         self.draining = False
+        self.refusing = False  # while draining, whether new work is refused (see drain)
 
     def admit(self) -> None:
         """Raise unless a new generation may start now (before any work or byte is sent)."""
-        if self.draining:
+        if self.refusing:
             raise ShuttingDown("The server is shutting down; retry shortly.", headers={"Retry-After": "1"})
         if len(self.active) >= self.max_generations:
             raise RateLimited(
@@ -42,11 +43,15 @@ class Lifecycle:
     def ended(self, generation: Generation) -> None:
         self.active.discard(generation)
 
-    def drain(self, deadline_seconds: float) -> None:
-        """SIGTERM: refuse new work; streams still running at the deadline end with an error event."""
+    def drain(self, deadline_seconds: float, *, refuse_new: bool = True) -> None:
+        """SIGTERM: readiness turns false, and new work is refused unless `refuse_new` is false, which a
+        server whose way in closes with the drain says (app.worker: whatever reaches the app then was
+        already on its way, and refusing it would lose it). Streams still running at the deadline end
+        with an error event."""
         if self.draining:
             return
         self.draining = True
+        self.refusing = refuse_new
         log.info("draining: %d generations running, %.0f s to finish", len(self.active), deadline_seconds)
         gevent.spawn_later(deadline_seconds, self._abort_remaining)
 

@@ -97,8 +97,11 @@ class GatewayWorker(GeventWorker):
 
     @contextlib.contextmanager
     def timeout_ctx(self) -> Iterator[None]:
-        """gunicorn waits for each request of a keep-alive connection inside this (at most `keepalive`)."""
+        """gunicorn waits for each request of a keep-alive connection inside this (at most `keepalive`).
+        Once the worker is stopping, a connection back here after a response begun before is closed."""
         me = gevent.getcurrent()
+        if not self.alive:
+            self._close_if_idle(me)
         self._idle.add(me)
         try:
             with gevent.Timeout(self.cfg.keepalive, False):
@@ -116,7 +119,10 @@ class GatewayWorker(GeventWorker):
         for server in list(_Listener.instances):
             server.stop_accepting()
         for handler in list(self._idle):
-            client = self._clients.get(handler)
-            if client is not None and _unread_bytes(client) == 0:
-                with contextlib.suppress(OSError):
-                    client.shutdown(socket.SHUT_RDWR)  # the handler reads EOF and ends quietly
+            self._close_if_idle(handler)
+
+    def _close_if_idle(self, handler: gevent.Greenlet) -> None:
+        client = self._clients.get(handler)
+        if client is not None and _unread_bytes(client) == 0:
+            with contextlib.suppress(OSError):
+                client.shutdown(socket.SHUT_RDWR)  # the handler reads EOF and ends quietly
