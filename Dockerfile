@@ -24,7 +24,7 @@ WORKDIR /app
 # The project itself is not installed into the venv; its code runs from /app (the working directory).
 COPY pyproject.toml uv.lock ./
 RUN uv sync --frozen --no-dev --no-install-project
-# What the service never runs, ~285 MB of the venv: the packages' own test suites, and playwright's
+# What the service never runs (issue 16): the packages' own test suites, and playwright's
 # bundled Node.js driver (MetaGPT's browser tools, which would also need browsers the image does not have).
 RUN find /opt/venv/lib/python3.11/site-packages -mindepth 2 -type d -name tests -prune -exec rm -rf {} + \
     && rm -rf /opt/venv/lib/python3.11/site-packages/playwright/driver
