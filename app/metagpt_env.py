@@ -1,9 +1,9 @@
 """Prepare the process for MetaGPT before anything imports it.
 
 MetaGPT decides where it writes (logs, workspace, schemas) from METAGPT_PROJECT_ROOT at import time and
-builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml; it imports GitPython,
-which needs to be told that a host without git is fine. The real LLM
-settings are given per agent (`app.llm`), so the file written here is a placeholder. MetaGPT's
+builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml; it also imports
+GitPython, which must be told that a host without git is fine. The real LLM settings are given per
+agent (`app.llm`), so the file written here is a placeholder. MetaGPT's
 packages that import all their siblings are imported lazily, and a few libraries its modules import
 but the gateway never uses are loaded only if used (`app.lazy_packages`).
 """
