@@ -96,6 +96,7 @@ class Stack:
             if all(h["Status"] == "healthy" for h in health):
                 return
             time.sleep(1)
+        raise TimeoutError(f"not all healthy after {timeout} s: {dict(zip(SERVICES, health, strict=True))}")
 
     def exec(self, service: str, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         return self.engine.docker("exec", f"{PROJECT}_{service}_1", *command, check=check, timeout=60)
@@ -243,6 +244,23 @@ def test_prometheus_has_the_app_and_the_nginx_exporter_up(stack):
             break
         time.sleep(2)
     assert up == {"gateway": "1", "nginx": "1"}
+
+
+def test_recreating_only_the_app_behind_a_running_nginx_is_quick_and_loses_nothing(stack):
+    # nginx holds idle keep-alive connections to the app's workers once it has proxied a few requests.
+    with httpx.Client(base_url=stack.url, timeout=10) as client:
+        assert all(client.get("/v1/models").status_code == 200 for _ in range(20))
+    sent = time.monotonic()
+    stack.compose("stop", "app", timeout=GRACE + 60)
+    stopped = time.monotonic() - sent
+    assert stopped < 5, f"stopping the idle app took {stopped:.1f} s"  # was ~60 s: nginx's idle connections
+    assert stack.container("app")["State"]["ExitCode"] == 0
+    stack.compose("up", "-d", "app")
+    stack.wait_healthy(timeout=120)
+    r = httpx.post(
+        f"{stack.url}/v1/chat/completions", json=body("After a restart [[sections:1]]"), timeout=60
+    )
+    assert r.status_code == 200 and "/download/" in r.json()["choices"][0]["message"]["content"]
 
 
 def test_stop_lets_short_streams_finish_and_ends_late_ones_cleanly(stack):
