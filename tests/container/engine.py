@@ -26,6 +26,11 @@ ENGINE_PROCESSES = ("dockerd", "containerd", "containerd-shim", "containerd-shim
 HARD_NOFILE = 20000  # this machine's hard limit (`ulimit -Hn`): no container may ask for more
 
 
+def _prefix(network: str) -> str:
+    """The first two octets of a /16-or-narrower network, e.g. "10.213." for "10.213.0.1/24"."""
+    return ".".join(network.removeprefix("base=").split(".")[:2]) + "."
+
+
 def _docker_cli() -> str:
     # Debian's client first: it is the engine's own version (any other client negotiates down to it).
     return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
@@ -94,6 +99,10 @@ def private_engine(state: Path, *, keep_images: bool = False) -> Iterator[Engine
         )
     if "docker0" in _links() or engine_processes():
         raise RuntimeError("another Docker engine runs on this machine; the test starts its own")
+    addresses = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=True).stdout
+    taken = [net for net in (BRIDGE_IP, ADDRESS_POOL) if f"inet {_prefix(net)}" in addresses]
+    if taken:
+        raise RuntimeError(f"this machine already uses addresses in {taken}: change them in {__file__}")
     state.mkdir(parents=True, exist_ok=True)
     network_before = HostNetwork.now()
     forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
