@@ -1,4 +1,4 @@
-"""`bench.ab`, the side-by-side comparison bench/PERFORMANCE.md's step ratios come from: each side runs its own
+"""`bench.ab`, the side-by-side comparison bench/PERFORMANCE.md's ratios come from: each side runs its own
 tree, and a short run of the same tree against itself reports sane figures for both."""
 
 from __future__ import annotations
