@@ -68,9 +68,9 @@ def post_worker_init(worker):
     import gc
     import signal
 
-    # The app (MetaGPT included) leaves ~400k long-lived objects; a full collection over them stalls every
-    # stream of the worker for ~250 ms (seen in the benchmark as simultaneous gaps). Freezing them moves
-    # them out of the collector's generations.
+    # The app (MetaGPT included) leaves hundreds of thousands of long-lived objects; a full collection
+    # over them stalls every stream of the worker at once (seen in the benchmark as simultaneous gaps).
+    # Freezing them moves them out of the collector's generations.
     gc.freeze()
     lifecycle = worker.wsgi.extensions["gateway.lifecycle"]
     deadline = max(worker.cfg.graceful_timeout - DRAIN_MARGIN, 1)

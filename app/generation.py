@@ -284,7 +284,7 @@ class _Batched:
         self._adds = 0
 
 
-SOCKET_BODY_KEY = "gateway.socket_body"  # set by gunicorn.conf.py's worker: the app may write HTTP/1.x itself
+SOCKET_BODY_KEY = "gateway.socket_body"  # set by app.worker: the app may write HTTP/1.x itself
 
 
 class SocketBody:
@@ -319,7 +319,7 @@ class SocketBody:
     @classmethod
     def of(cls, environ: dict[str, Any]) -> SocketBody | None:
         """For an HTTP/1.x request on the gateway's gunicorn worker, which says so in the environ
-        (`gunicorn.conf.py`: only it knows the wire is HTTP, not uwsgi); None elsewhere: the body
+        (`app.worker`: only it knows the wire is HTTP, not uwsgi); None elsewhere: the body
         is then yielded (the Flask test client, other servers)."""
         sock = environ.get("gunicorn.socket")
         protocol = environ.get("SERVER_PROTOCOL")

@@ -40,9 +40,9 @@ METAGPT_LAZY_PACKAGES = (
 )
 
 # NOTE: a plain `import x` at the top of the importing module, and no use of `x` at import time, or it is
-# loaded at once anyway. Per worker at rest (measured): pandas ~27 MiB and ~310 modules (via
-# `metagpt.schema` -> `metagpt.repo_parser`, code parsing), python-docx ~6 MiB (`read_document`),
-# anthropic ~2 MiB (`token_counter`, Claude's token count), requests + chardet ~3 MiB (`utils.common`).
+# loaded at once anyway. Who imports them: pandas via `metagpt.schema` -> `metagpt.repo_parser` (code
+# parsing), python-docx `read_document`, anthropic `token_counter` (Claude's token count), requests and
+# chardet `utils.common`. What each costs a worker: bench/PERFORMANCE.md.
 METAGPT_DEFERRED_MODULES = ("pandas", "docx", "anthropic", "requests", "chardet")
 
 

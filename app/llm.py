@@ -123,8 +123,8 @@ class Runtime:
         )
 
     def context(self) -> Context:
-        # NOTE: pydantic deep-copies a default for every instance: Context's empty `kwargs` and
-        # CostManager's price table cost ~0.8 ms that way (in a loop); given, ~0.04 ms.
+        # NOTE: pydantic deep-copies a default for every instance, and Context's empty `kwargs` and
+        # CostManager's price table are costly to copy; given here, nothing is copied.
         return Context(
             config=self.config, cost_manager=CostManager(token_costs=TOKEN_COSTS), kwargs=AttrDict()
         )

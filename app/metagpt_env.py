@@ -36,7 +36,7 @@ def prepare(settings: Settings) -> None:
     # raises ImportError("Bad git executable") on a host without `git` (the image has none, issue 16).
     # The gateway never runs git; this is GitPython's own switch for importing without it.
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
-    # ~3,400 modules and ~220 MiB per worker that the gateway never uses
+    # thousands of modules per worker that the gateway never uses (bench/PERFORMANCE.md)
     if late := lazy_packages.install() + lazy_packages.defer():
         logging.getLogger(__name__).warning("imported before the gateway could make them lazy: %s", late)
     # The openai SDK calls platform.platform() for every new client; under gevent, outside the main

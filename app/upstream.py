@@ -126,8 +126,8 @@ class _Response:
 _NativeEpoll = monkey.get_original("select", "epoll")
 _DEADLINE_SECONDS = 0.1  # how often the tick looks at the waiters' deadlines
 # Readable sockets a tick should find before the interval may lengthen: each tick costs a process
-# wake-up (30-100 µs of CPU on the benchmark's machine) whatever it relays, about what relaying one to
-# three tokens costs; over 20 tokens its share of each stays small.
+# wake-up whatever it relays, about what relaying one to three tokens costs (bench/PERFORMANCE.md);
+# over 20 tokens its share of each stays small.
 _TARGET_READY = 20
 _STEP = 0.005  # the interval moves in steps of 5 ms: the timer is not restarted for noise
 
