@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import runpy
 import secrets
 import subprocess
 import threading
@@ -42,9 +43,9 @@ PROJECT = "gatewaye2e"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 SERVICES = [name for name in COMPOSE if name != "grafana"]
 # GATEWAY_GRACEFUL_TIMEOUT for this run: short, so that a stream can outlast it. The app ends streams
-# still running 5 s before it (gunicorn.conf.py's DRAIN_MARGIN).
+# still running DRAIN_MARGIN seconds before it (read from gunicorn.conf.py).
 GRACE = 20
-DRAIN_MARGIN = 5
+DRAIN_MARGIN = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["DRAIN_MARGIN"]
 
 
 def _time(stamp: str) -> float:
@@ -123,9 +124,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             NGINX_PUBLISH=f"127.0.0.1:{port}",
             SCRIPTED_LLM_PACE="200",
             GATEWAY_GRACEFUL_TIMEOUT=str(GRACE),
-            GRAFANA_ADMIN_PASSWORD=secrets.token_urlsafe(
-                16
-            ),  # required by the file, though Grafana is not run
+            # Required by the file, though Grafana is not run.
+            GRAFANA_ADMIN_PASSWORD=secrets.token_urlsafe(16),
         )
         stack = Stack(engine, f"http://127.0.0.1:{port}", network_before, state, closing, env)
         standins.build(engine, state / "standins")
