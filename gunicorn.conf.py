@@ -12,7 +12,7 @@ bind = [_env("GATEWAY_BIND", "127.0.0.1:8000")]
 if _env("GATEWAY_UNIX_SOCKET"):
     bind.append(f"unix:{_env('GATEWAY_UNIX_SOCKET')}")
 # gevent: thousands of mostly idle streams per worker; MetaGPT runs on an asyncio loop bridged into it.
-worker_class = "app.worker.GatewayWorker"  # gunicorn's gevent worker, with the changes it lists
+worker_class = "app.transport.worker.GatewayWorker"  # gunicorn's gevent worker, with the changes it lists
 workers = int(_env("GATEWAY_WORKERS", "2"))  # one per core on this 2-core machine
 worker_connections = int(_env("GATEWAY_WORKER_CONNECTIONS", "1000"))
 # `timeout` only kills a worker whose hub is blocked; streams themselves may run for minutes.
@@ -54,30 +54,3 @@ def child_exit(server, worker):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
-
-
-# Seconds before the graceful timeout at which streams still running are ended with an error event
-# and [DONE], so that clients see a clean end instead of a cut when gunicorn stops waiting.
-DRAIN_MARGIN = 5
-
-
-def post_worker_init(worker):
-    """SIGTERM drains the app too: readiness turns false and late streams end cleanly. The worker stops
-    accepting and closes its idle connections at the same moment (app.worker), so a request that still
-    reaches the app was on its way before: it is served, not refused (a reload then loses none)."""
-    import gc
-    import signal
-
-    # The app (MetaGPT included) leaves hundreds of thousands of long-lived objects; a full collection
-    # over them stalls every stream of the worker at once (seen in the benchmark as simultaneous gaps).
-    # Freezing them moves them out of the collector's generations.
-    gc.freeze()
-    lifecycle = worker.wsgi.extensions["gateway.lifecycle"]
-    deadline = max(worker.cfg.graceful_timeout - DRAIN_MARGIN, 1)
-    stop_worker = worker.handle_exit
-
-    def on_sigterm(sig, frame):
-        lifecycle.drain(deadline, refuse_new=False)
-        stop_worker(sig, frame)
-
-    signal.signal(signal.SIGTERM, on_sigterm)

@@ -15,20 +15,20 @@ def create_app(settings: Settings | None = None) -> Flask:
     settings = settings or Settings()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    from app import metagpt_env
+    from app.runtime import metagpt_env
 
     metagpt_env.prepare(settings)  # NOTE: must precede every metagpt import, hence the imports below
     metagpt_env.configure_logging(settings)
     metagpt_env.cache_models_config()
-    from app import auth
+    from app import services
     from app.agents.registry import build_registry
-    from app.bridge import AsyncioBridge
+    from app.api import auth, completions, files, health, models
     from app.errors import register_error_handlers
     from app.lifecycle import Lifecycle
-    from app.llm import Runtime
     from app.metrics import Metrics
-    from app.routes import completions, files, health, models
-    from app.storage import TutorialStore
+    from app.runtime.bridge import AsyncioBridge
+    from app.runtime.llm import Runtime
+    from app.storage import FileStore
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -38,19 +38,26 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)  # type: ignore[method-assign]
 
-    store = TutorialStore(settings.tutorials_path)
+    store = FileStore(settings.tutorials_path)
     store.ensure()
     metrics = Metrics()
     metrics.max_generations.set(settings.max_generations_per_worker)
-    app.extensions["gateway.settings"] = settings
-    app.extensions["gateway.store"] = store
-    app.extensions["gateway.metrics"] = metrics
-    app.extensions["gateway.registry"] = build_registry()
-    app.extensions["gateway.runtime"] = Runtime(settings, store, metrics)
-    app.extensions["gateway.bridge"] = AsyncioBridge()
-    app.extensions["gateway.lifecycle"] = Lifecycle(settings.max_generations_per_worker)
-    app.extensions["gateway.openapi"] = health.load_openapi()
-    auth.install(app, auth.Authenticator(settings.api_key_list()))
+    authenticator = auth.Authenticator(settings.api_key_list())
+    services.init_app(
+        app,
+        services.Services(
+            settings=settings,
+            store=store,
+            metrics=metrics,
+            registry=build_registry(),
+            runtime=Runtime(settings, store, metrics),
+            bridge=AsyncioBridge(),
+            lifecycle=Lifecycle(settings.max_generations_per_worker),
+            auth=authenticator,
+            openapi=health.load_openapi(),
+        ),
+    )
+    auth.install(app, authenticator)
 
     register_error_handlers(app)
     for module in (completions, models, files, health):

@@ -14,7 +14,7 @@ import gevent
 from app.errors import RateLimited, ShuttingDown, Unavailable
 
 if TYPE_CHECKING:
-    from app.generation import Generation
+    from app.generation.job import Generation
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,9 @@ class Lifecycle:
 
     def drain(self, deadline_seconds: float, *, refuse_new: bool = True) -> None:
         """SIGTERM: readiness turns false, and new work is refused unless `refuse_new` is false, which a
-        server whose way in closes with the drain says (app.worker: whatever reaches the app then was
-        already on its way, and refusing it would lose it). Streams still running at the deadline end
-        with an error event."""
+        server whose way in closes with the drain says (app.transport.worker: whatever reaches the app
+        then was already on its way, and refusing it would lose it). Streams still running at the
+        deadline end with an error event."""
         if self.draining:
             return
         self.draining = True

@@ -10,6 +10,7 @@ in a private registry.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -84,9 +85,12 @@ class Metrics:
             buckets=LLM_BUCKETS,
             registry=r,
         )
-        self.tutorials_written = Counter("gateway_tutorials_written", "Tutorial files written.", registry=r)
+        # Files of every agent (the names predate the second agent; dashboards keep working).
+        self.tutorials_written = Counter(
+            "gateway_tutorials_written", "Files written by agents.", ["model"], registry=r
+        )
         self.tutorial_bytes = Counter(
-            "gateway_tutorial_bytes", "Bytes of tutorial files written.", registry=r
+            "gateway_tutorial_bytes", "Bytes of files written by agents.", ["model"], registry=r
         )
         self.client_disconnects = Counter(
             "gateway_client_disconnects",
@@ -123,3 +127,28 @@ class Metrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class Batched:
+    """A counter child incremented in batches: one locked write to its multiprocess file per
+    `every` additions instead of one per event. `flush()` at the end makes the total exact."""
+
+    __slots__ = ("_adds", "_child", "_every", "_value")
+
+    def __init__(self, child: Any, every: int = 32) -> None:
+        self._child = child
+        self._every = every
+        self._value = 0.0
+        self._adds = 0
+
+    def add(self, amount: float) -> None:
+        self._value += amount
+        self._adds += 1
+        if self._adds >= self._every:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._value:
+            self._child.inc(self._value)
+        self._value = 0.0
+        self._adds = 0

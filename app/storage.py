@@ -1,4 +1,5 @@
-"""The tutorials folder: safe unique names, atomic writes, and lookups that cannot leave the folder.
+"""The files folder (tutorials, teaching plans): safe unique names, atomic writes, and lookups that
+cannot leave the folder.
 
 The service, not the LLM, chooses every path. A name is `<slug of the title>-<uuid4 hex>.md`: the slug
 keeps only word characters and dashes, so `/`, `..`, NUL and control characters cannot survive it, and
@@ -17,26 +18,27 @@ SLUG_MAX_CHARS = 60  # at most 240 bytes of UTF-8 with the suffix: under every f
 NAME_RE = re.compile(rf"^[^\W_][\w-]{{0,{SLUG_MAX_CHARS - 1}}}-[0-9a-f]{{32}}\.md$")
 
 
-def slugify(title: str) -> str:
+def slugify(title: str, default: str = "tutorial") -> str:
     text = unicodedata.normalize("NFKC", title)
     text = re.sub(r"[^\w\s-]", " ", text).replace("_", " ")
     text = re.sub(r"[\s-]+", "-", text).strip("-")[:SLUG_MAX_CHARS].strip("-")
-    return text or "tutorial"
+    return text or default
 
 
 def is_valid_name(name: str) -> bool:
     return bool(NAME_RE.fullmatch(name)) and "\x00" not in name
 
 
-class TutorialStore:
+class FileStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
     def ensure(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
 
-    def new_name(self, title: str) -> str:
-        return f"{slugify(title)}-{uuid.uuid4().hex}.md"
+    def new_name(self, title: str, default: str = "tutorial") -> str:
+        """A fresh name for a Markdown file titled `title` (`default` when no word of it survives)."""
+        return f"{slugify(title, default)}-{uuid.uuid4().hex}.md"
 
     def write(self, name: str, data: bytes) -> Path:
         """Write `data` so that readers see either no file or the whole file, never a part."""
@@ -58,7 +60,7 @@ class TutorialStore:
         return final
 
     def resolve(self, name: str) -> Path | None:
-        """The path of a downloadable tutorial, or None: bad names, links and non-files are refused."""
+        """The path of a downloadable file, or None: bad names, links and non-files are refused."""
         if not is_valid_name(name):
             return None
         path = self.folder / name

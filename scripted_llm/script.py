@@ -1,41 +1,75 @@
 """What the scripted LLM says, decided without any I/O.
 
-The server in :mod:`scripted_llm.server` is a stand-in for a real model behind the
-MetaGPT ``TutorialAssistant``.  Everything it answers is derived here from the prompt
-alone, so the answers are deterministic and can be unit-tested without sockets.
+The server in :mod:`scripted_llm.server` is a stand-in for a real model behind MetaGPT
+agents.  Everything it answers is derived here from the prompt alone, so the answers are
+deterministic and can be unit-tested without sockets.
 
-MetaGPT sends two prompt shapes (``DIRECTORY_PROMPT`` and ``CONTENT_PROMPT`` from
-``metagpt/prompts/tutorial_assistant.py``); both embed the user's topic.  Tests steer the
-stand-in through *directives* embedded in that topic, written ``[[key:value]]``, e.g.
-``MySQL [[fault:cut]][[after:3]]``.  The value is percent-decoded, so ``%00`` or ``%5D``
-can be expressed; a raw value cannot contain ``]]``.
+Each agent has its answerer in :mod:`scripted_llm.answerers`, which recognises that agent's
+prompts and writes its answers; this module asks them in turn and adds what all agents share.
+Tests steer the stand-in through *directives* embedded in the user's text (a tutorial's topic,
+a teaching plan's lesson), written ``[[key:value]]``, e.g. ``MySQL [[fault:cut]][[after:3]]``.
+The value is percent-decoded, so ``%00`` or ``%5D`` can be expressed; a raw value cannot
+contain ``]]``.
 """
 
 from __future__ import annotations
 
-import ast
-import hashlib
-import json
 import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
 from urllib.parse import unquote
 
-Kind = Literal["outline", "section", "other"]
+from scripted_llm.answerers import ANSWERERS
+from scripted_llm.answerers.base import DIRECTIVE_RE, REFUSAL_TEXT, Match, Phase, directive_int
+from scripted_llm.answerers.base import pick as _pick
 
-# Fragments of the MetaGPT templates.  They are matched literally because the whole
-# point of this server is to answer exactly what MetaGPT asks.
-_TOPIC_START = 'technical tutorial with the topic "'
-_OUTLINE_MARK = "Please provide the specific table of contents for this tutorial"
-_SECTION_MARK = "Now I will give you the module directory titles for the topic."
-_DIRECTORY_MARK = "The module directory titles for the topic is as follows:\n"
-# What follows the closing quote of the topic in each template.  Looking for these
-# (instead of the end of the line) keeps topics with quotes or newlines intact.
-_TOPIC_ENDS = ('".\n\n' + _OUTLINE_MARK, '".\n\n' + _SECTION_MARK)
+# The tutorial answerer's names, still reached through this module by older callers
+# (bench/run.py, the tutorial tests).
+from scripted_llm.answerers.tutorial import (
+    DEFAULT_SECTIONS,
+    MAX_SECTIONS,
+    extract_directory,
+    extract_language,
+    extract_topic,
+    outline_text,
+    section_text,
+)
 
-_DIRECTIVE_RE = re.compile(r"\[\[([A-Za-z_][A-Za-z0-9_]*):(.*?)\]\]", re.DOTALL)
+__all__ = [
+    "DEFAULT_FAULT_AFTER",
+    "DEFAULT_SECTIONS",
+    "DEFAULT_STALL_SECONDS",
+    "FAULTS",
+    "FAULT_PHASES",
+    "KNOWN_DIRECTIVES",
+    "MAX_SECTIONS",
+    "REFUSAL_TEXT",
+    "Fault",
+    "Kind",
+    "Match",
+    "Phase",
+    "Plan",
+    "_pick",
+    "classify",
+    "directive_float",
+    "directive_int",
+    "extract_directory",
+    "extract_language",
+    "extract_topic",
+    "fault_for",
+    "match",
+    "other_text",
+    "outline_text",
+    "parse_directives",
+    "plan",
+    "section_text",
+    "tokenize",
+]
+
+# The journal's name for a request: an answerer's kind ("outline", "section", "plan_title",
+# "plan_part", ...) or "other" when no answerer recognised the prompt.
+Kind = str
 
 # An LLM-ish token: optional leading whitespace plus up to 12 non-space characters, or a
 # run of trailing whitespace.  Long words are split so that hostile 500-character titles
@@ -46,13 +80,11 @@ KNOWN_DIRECTIVES = frozenset({"pace", "title", "sections", "fault", "fault_at", 
 
 FAULTS = frozenset({"http500", "http429", "stall", "cut", "bad_outline", "empty_outline", "close"})
 FAULT_PHASES = frozenset({"outline", "section"})
+# Faults that change what is said rather than how it is sent; the answerer writes the spoilt text.
+_CONTENT_FAULTS = frozenset({"bad_outline", "empty_outline"})
 
-DEFAULT_SECTIONS = 3
-MAX_SECTIONS = 50
 DEFAULT_STALL_SECONDS = 30.0
 DEFAULT_FAULT_AFTER = 5
-
-REFUSAL_TEXT = "Sorry, I cannot help with that."
 
 
 # --------------------------------------------------------------------------- prompts
@@ -67,69 +99,25 @@ def parse_directives(text: str) -> tuple[str, dict[str, str]]:
     keys are kept so callers can log them.
     """
     directives: dict[str, str] = {}
-    for match in _DIRECTIVE_RE.finditer(text):
-        directives[match.group(1).lower()] = unquote(match.group(2))
-    clean = " ".join(_DIRECTIVE_RE.sub(" ", text).split())
+    for found in DIRECTIVE_RE.finditer(text):
+        directives[found.group(1).lower()] = unquote(found.group(2))
+    clean = " ".join(DIRECTIVE_RE.sub(" ", text).split())
     return clean, directives
 
 
+def match(prompt: str) -> Match | None:
+    """The first answerer's reading of the prompt, or None when no agent sends such a prompt."""
+    for answerer in ANSWERERS:
+        found = answerer(prompt)
+        if found is not None:
+            return found
+    return None
+
+
 def classify(prompt: str) -> Kind:
-    """Tell which MetaGPT request this is: table of contents, one section, or anything else."""
-    if _TOPIC_START not in prompt:
-        return "other"
-    if _OUTLINE_MARK in prompt:
-        return "outline"
-    if _SECTION_MARK in prompt and _DIRECTORY_MARK in prompt:
-        return "section"
-    return "other"
-
-
-def _topic_span(prompt: str) -> tuple[int, int] | None:
-    start = prompt.find(_TOPIC_START)
-    if start < 0:
-        return None
-    start += len(_TOPIC_START)
-    ends = [pos for pos in (prompt.find(end, start) for end in _TOPIC_ENDS) if pos >= 0]
-    if ends:
-        return start, min(ends)
-    # Not one of the two templates: the topic runs to the last '".' on its line.
-    line_end = prompt.find("\n", start)
-    line_end = len(prompt) if line_end < 0 else line_end
-    end = prompt.rfind('".', start, line_end)
-    return (start, end) if end >= 0 else None
-
-
-def extract_topic(prompt: str) -> str | None:
-    """Return the raw topic (directives included) quoted in the prompt, or None."""
-    span = _topic_span(prompt)
-    return None if span is None else prompt[span[0] : span[1]]
-
-
-def extract_directory(prompt: str) -> dict[str, list[str]] | None:
-    """Return the one-section directory a CONTENT_PROMPT asks about, or None.
-
-    MetaGPT formats the directory dict with ``str()``, which is a single-line Python
-    repr, so the line after the marker is all of it.  The search starts after the topic
-    so that a topic that happens to contain the marker text cannot mislead it.
-    """
-    span = _topic_span(prompt)
-    pos = prompt.find(_DIRECTORY_MARK, span[1] if span else 0)
-    if pos < 0:
-        return None
-    pos += len(_DIRECTORY_MARK)
-    line_end = prompt.find("\n", pos)
-    line = prompt[pos : len(prompt) if line_end < 0 else line_end]
-    try:
-        value = ast.literal_eval(line.strip())
-    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
-        return None
-    if not isinstance(value, dict) or not value:
-        return None
-    directory: dict[str, list[str]] = {}
-    for key, subs in value.items():
-        items = subs if isinstance(subs, list | tuple) else [subs]
-        directory[str(key)] = [str(item) for item in items]
-    return directory
+    """Tell which MetaGPT request this is (the journal's ``kind``), "other" for anything else."""
+    found = match(prompt)
+    return "other" if found is None else found.kind
 
 
 # ------------------------------------------------------------------------ directives
@@ -142,17 +130,6 @@ def directive_float(directives: Mapping[str, str], key: str, default: float) -> 
     except (KeyError, ValueError):
         return default
     return value if math.isfinite(value) and value >= 0 else default
-
-
-def directive_int(directives: Mapping[str, str], key: str, default: int, maximum: int | None = None) -> int:
-    """A non-negative int directive (clamped to ``maximum``), or ``default``."""
-    try:
-        value = int(directives[key].strip())
-    except (KeyError, ValueError):
-        return default
-    if value < 0:
-        return default
-    return min(value, maximum) if maximum is not None else value
 
 
 @dataclass(frozen=True)
@@ -168,18 +145,18 @@ class Fault:
     stall_seconds: float = DEFAULT_STALL_SECONDS
 
 
-def fault_for(kind: Kind, directives: Mapping[str, str]) -> Fault | None:
-    """The fault this request must act out, if any.
+def fault_for(phase: str, directives: Mapping[str, str]) -> Fault | None:
+    """The fault a request of this phase (``outline`` or ``section``) must act out, if any.
 
     A fault hits only the phase named by ``fault_at`` (``outline`` by default), and with
     ``fault_at:section`` it hits every section request of that topic.  Unknown fault names
     and ``other`` requests get no fault.
     """
     name = directives.get("fault", "").strip().lower()
-    if name not in FAULTS or kind == "other":
+    if name not in FAULTS or phase not in FAULT_PHASES:
         return None
-    phase = directives.get("fault_at", "outline").strip().lower() or "outline"
-    if phase != kind:
+    at = directives.get("fault_at", "outline").strip().lower() or "outline"
+    if at != phase:
         return None
     return Fault(
         name=name,
@@ -191,153 +168,40 @@ def fault_for(kind: Kind, directives: Mapping[str, str]) -> Fault | None:
 # --------------------------------------------------------------------------- answers
 
 
-def _pick(seed: str, options: int) -> int:
-    """Deterministic choice (unlike ``hash()``, stable across processes)."""
-    digest = hashlib.sha256(seed.encode("utf-8", "surrogatepass")).digest()
-    return int.from_bytes(digest[:8], "big") % options
+@dataclass(frozen=True)
+class Plan:
+    """What one chat request will get: text, pace, fault, plus what the journal shows."""
+
+    kind: Kind
+    topic: str | None
+    language: str | None
+    text: str
+    pace: float
+    fault: Fault | None
+    directives: Mapping[str, str]
 
 
-_REQUEST_PHRASE = re.compile(
-    r"^(?:please\s+)?(?:(?:write|create|make|give)\s+(?:me\s+)?)?(?:a|an)?\s*(?:short\s+|brief\s+)?"
-    r"tutorial\s+(?:about|on|for)\s+",
-    re.IGNORECASE,
-)
-_LANGUAGE_LINE = re.compile(r"strictly in the specified language, (.*)\.[ \t]*$", re.MULTILINE)
-
-
-def _subject(topic: str) -> str:
-    """What the tutorial is about: "a tutorial about MySQL" is about MySQL."""
-    return _REQUEST_PHRASE.sub("", topic).strip() or topic or "this subject"
-
-
-def extract_language(prompt: str) -> str | None:
-    """The language MetaGPT asked for (its prompts say "strictly in the specified language, X.")."""
-    match = _LANGUAGE_LINE.search(prompt)
-    return match.group(1) if match else None
-
-
-_TITLES = (
-    "A Practical Guide to {t}",
-    "{t}: From Basics to Practice",
-    "Mastering {t}",
-    "Getting Started with {t}",
-)
-
-_SECTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("Introduction to {t}", ("What is {t}", "Why {t} Matters", "Key Concepts of {t}")),
-    ("Setting Up {t}", ("Installing {t}", "Configuring the Environment", "Verifying the {t} Setup")),
-    ("Core Features of {t}", ("Basic Operations in {t}", "Common Patterns", "Handling Errors in {t}")),
-    ("Working with {t} in Practice", ("A First Project with {t}", "Testing Your Work", "Debugging Tips")),
-    ("Advanced {t} Techniques", ("Performance Tuning for {t}", "Scaling {t}", "Extending {t}")),
-    ("Best Practices for {t}", ("Code Organisation", "Security Considerations for {t}", "Maintenance")),
-    ("Troubleshooting {t}", ("Reading {t} Diagnostics", "Frequent Pitfalls", "Getting Help")),
-    ("Next Steps with {t}", ("Further Reading on {t}", "Community Resources", "Where to Go from Here")),
-)
-
-
-def outline_text(topic: str, directives: Mapping[str, str]) -> str:
-    """The table of contents MetaGPT's ``WriteDirectory`` expects, as compact JSON.
-
-    JSON of strings and lists is also a valid Python literal, so MetaGPT's
-    ``ast.literal_eval`` parsing reads it back unchanged (NULs included, as ``\\u0000``).
-    ``title`` and ``sections`` directives override the title and the section count.
-    """
-    subject = _subject(topic)
-    title = (
-        directives["title"]
-        if "title" in directives
-        else _TITLES[_pick(topic, len(_TITLES))].format(t=subject)
-    )
-    count = directive_int(directives, "sections", DEFAULT_SECTIONS, maximum=MAX_SECTIONS)
-    directory: list[dict[str, list[str]]] = []
-    for index in range(count):
-        if index < len(_SECTIONS):
-            heading, subs = _SECTIONS[index]
-            name = heading.format(t=subject)
-        else:
-            subs = _SECTIONS[index % len(_SECTIONS)][1]
-            name = f"Further Topics in {subject}, Part {index - len(_SECTIONS) + 1}"
-        n_subs = 2 + _pick(f"{topic}\0{index}", 2)
-        directory.append({name: [sub.format(t=subject) for sub in subs[:n_subs]]})
-    return json.dumps({"title": title, "directory": directory}, ensure_ascii=False)
-
-
-_INTROS = (
-    "This part of the tutorial covers {s} in the context of {t}. By the end of it you "
-    "will understand how the ideas fit together and how to apply {t} with confidence in "
-    "everyday engineering work.",
-    "In this section we look at {s}. Understanding this area is what separates casual use "
-    "of {t} from productive, reliable use of {t} in real projects.",
-)
-
-_PARAGRAPHS = (
-    "When working with {t}, {u} is one of the first things practitioners run into. The "
-    "essential idea is simple: keep the moving parts small, make their behaviour explicit, "
-    "and check every assumption against the documentation of {t}.",
-    "{u} builds directly on what came before. Teams that adopt {t} usually start with a "
-    "minimal setup, measure how it behaves under realistic load, and only then add the "
-    "refinements that their particular use of {t} requires.",
-    "A useful way to think about {u} is as a contract between your code and {t}. Each side "
-    "promises something, and most problems in production come from a promise that was "
-    "never written down.",
-    "Before going further with {u}, it is worth noting that {t} rewards consistency. Pick "
-    "one convention, apply it everywhere, and let tooling enforce it so that reviews can "
-    "focus on behaviour rather than style.",
-    "In practice {u} involves a handful of small, repeatable steps. Write them down, "
-    "automate them, and revisit them whenever {t} releases a new version, because defaults "
-    "change more often than people expect.",
-    "The most common mistake with {u} is doing too much at once. Introduce one change to "
-    "your {t} setup at a time and confirm its effect before moving on to the next.",
-)
-
-_CODE = '''def summarize(topic: str = {t!r}) -> str:
-    """Return a one-line summary used in the {u!r} example."""
-    steps = ["plan", "build", "verify"]
-    return f"{{topic}}: " + " -> ".join(steps)
-
-
-print(summarize())'''
-
-
-def _fence(code: str) -> str:
-    """A backtick fence longer than any run inside ``code``, so it cannot be closed early."""
-    longest = max((len(run) for run in re.findall(r"`+", code)), default=0)
-    return "`" * max(3, longest + 1)
-
-
-def section_text(topic: str, directory: Mapping[str, list[str]]) -> str:
-    """The Markdown for one directory entry, as MetaGPT's ``WriteContent`` expects.
-
-    Names the topic verbatim several times (tests use it to tell concurrent streams
-    apart), has one ``###`` heading per subsection and one fenced code block.
-    """
-    subject = _subject(topic)
-    parts: list[str] = []
-    for heading, subs in directory.items():
-        parts.append(f"## {heading}")
-        parts.append(_INTROS[_pick(f"{topic}\0{heading}", len(_INTROS))].format(s=heading, t=subject))
-        code_at = _pick(f"{topic}\0{heading}\0code", len(subs)) if subs else -1
-        for index, sub in enumerate(subs):
-            parts.append(f"### {sub}")
-            first = _pick(f"{topic}\0{sub}", len(_PARAGRAPHS))
-            parts.append(_PARAGRAPHS[first].format(u=sub, t=subject))
-            if index % 2 == 0:
-                second = (first + 1 + _pick(sub, len(_PARAGRAPHS) - 1)) % len(_PARAGRAPHS)
-                parts.append(_PARAGRAPHS[second].format(u=sub, t=subject))
-            if index == code_at:
-                code = _CODE.format(t=subject, u=sub)
-                fence = _fence(code)
-                parts.append(f"The following example shows {sub} with {subject}:")
-                parts.append(f"{fence}python\n{code}\n{fence}")
-    return "\n\n".join(parts)
+def plan(prompt: str, default_pace: float) -> Plan:
+    """Everything the server needs to answer ``prompt``; ``default_pace`` is its tokens/s."""
+    found = match(prompt)
+    if found is None:
+        return Plan("other", None, None, other_text(prompt), default_pace, None, {})
+    topic, directives = parse_directives(found.topic) if found.topic is not None else (None, {})
+    fault = fault_for(found.phase, directives)
+    if fault is not None and fault.name in _CONTENT_FAULTS:
+        text = found.spoil(fault.name, topic or "", directives)
+    else:
+        text = found.write(topic or "", directives)
+    pace = directive_float(directives, "pace", default_pace)
+    return Plan(found.kind, topic, found.language, text, pace, fault, directives)
 
 
 def other_text(prompt: str) -> str:
-    """A short generic reply for prompts that are not MetaGPT tutorial requests."""
+    """A short generic reply for prompts that no answerer recognises."""
     words = len(tokenize(prompt))
     return (
         "This is a scripted stand-in for a language model, not a real one. "
-        f"It only writes tutorial outlines and sections (prompt tokens: {words})."
+        f"It only answers the prompts of the MetaGPT agents it was scripted for (prompt tokens: {words})."
     )
 
 

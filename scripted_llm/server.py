@@ -116,45 +116,14 @@ def _message_texts(messages: Iterable[Any]) -> list[tuple[str, str]]:
     return out
 
 
-@dataclass
-class _Plan:
-    """What one chat request will get: text, pace, fault, plus what the journal shows."""
-
-    kind: script.Kind
-    topic: str | None
-    text: str
-    pace: float
-    fault: script.Fault | None
-
-
-def _plan(prompt: str, default_pace: float) -> _Plan:
-    kind = script.classify(prompt)
-    raw_topic = script.extract_topic(prompt)
-    topic, directives = script.parse_directives(raw_topic) if raw_topic is not None else (None, {})
-    unknown = set(directives) - script.KNOWN_DIRECTIVES
+def _plan(prompt: str, default_pace: float) -> script.Plan:
+    plan = script.plan(prompt, default_pace)
+    unknown = set(plan.directives) - script.KNOWN_DIRECTIVES
     if unknown:
         log.warning("ignoring unknown directives %s", sorted(unknown))
-    if "fault" in directives and directives["fault"].strip().lower() not in script.FAULTS:
-        log.warning("ignoring unknown fault %r", directives["fault"])
-    fault = script.fault_for(kind, directives)
-    if kind == "outline":
-        text = script.outline_text(topic or "", directives)
-    elif kind == "section":
-        directory = script.extract_directory(prompt) or {"Overview": []}
-        text = script.section_text(topic or "", directory)
-    else:
-        text = script.other_text(prompt)
-    # bad_outline / empty_outline replace the answer of whichever phase fault_at names.
-    if fault is not None and fault.name == "bad_outline":
-        text = script.REFUSAL_TEXT
-    elif fault is not None and fault.name == "empty_outline":
-        if kind == "outline":
-            title = json.loads(text)["title"]
-            text = json.dumps({"title": title, "directory": []}, ensure_ascii=False)
-        else:
-            text = ""
-    pace = script.directive_float(directives, "pace", default_pace)
-    return _Plan(kind=kind, topic=topic, text=text, pace=pace, fault=fault)
+    if "fault" in plan.directives and plan.directives["fault"].strip().lower() not in script.FAULTS:
+        log.warning("ignoring unknown fault %r", plan.directives["fault"])
+    return plan
 
 
 class _Completion:
@@ -188,7 +157,7 @@ class _Completion:
             "first_token_at": None,
             "stream": bool(body.get("stream")),
             "fault": self.plan.fault.name if self.plan.fault else None,
-            "language": script.extract_language(prompt),
+            "language": self.plan.language,
             "temperature": body.get("temperature"),
         }
         self.state.journal.append(self.entry)

@@ -1,4 +1,4 @@
-"""Agents: `base` (what every agent shares, importable anywhere) and one module per MetaGPT role.
+"""Agents: `base` (the contract, importable anywhere), `registry`, and one module per MetaGPT role.
 
-`registry` and the role modules import metagpt: import them only after `app.metagpt_env.prepare`.
+`registry` and the role modules import metagpt: import them only after `app.runtime.metagpt_env.prepare`.
 """

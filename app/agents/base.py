@@ -1,21 +1,29 @@
-"""What every agent shares: its request, the sink its tokens go to, its result, and the registry.
+"""The agent contract: what an agent is given, what it hands back, and the registry that names it.
 
-An agent is an async function `run(request, sink, runtime) -> AgentResult`, called once per request on
-the worker's asyncio loop; it builds fresh MetaGPT objects each time.
+An agent is a subclass of `Agent` registered with one line in `app.agents.registry`. Its `run` is
+called once per request on the worker's asyncio loop, builds fresh MetaGPT objects each time, gives
+them `runtime.llm(sink, ...)` as their LLM, and returns the `Artifact` to publish. The rest is the
+service's: relaying every LLM token to the client as it streams (`sink.kind` says whether the call
+being made is `reasoning` or `content`), usage, the file's name and storage, its link, metrics,
+errors and cancellation. The one rule for the content: the text the client saw as `content` is the
+file, byte for byte; an agent that post-processes a reply streams the raw reply as `reasoning` and
+`sink.emit`s the processed text as content.
+
+Importable anywhere: nothing here imports metagpt.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterator
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-from app.protocol import Usage
+from app.api.protocol import Usage
 
 if TYPE_CHECKING:
-    from app.llm import Runtime
-    from app.upstream import UpstreamStream
+    from app.generation.call import Call
+    from app.runtime.llm import Runtime
 
 Kind = Literal["reasoning", "content"]
 Emit = Callable[[Kind, str], None]
@@ -23,9 +31,18 @@ Emit = Callable[[Kind, str], None]
 
 @dataclass(frozen=True)
 class AgentRequest:
-    topic: str
+    topic: str  # the last user message's text: a tutorial's topic, a lesson's text
     language: str
     temperature: float | None = None
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """What an agent hands back to be published as a downloadable file."""
+
+    title: str  # names the file (slugged) and describes it to the client
+    text: str  # the file's content: exactly the `content` the client was streamed
+    media_type: str = "text/markdown"
 
 
 @dataclass(frozen=True)
@@ -33,6 +50,8 @@ class WrittenFile:
     name: str
     bytes: int
     title: str
+    media_type: str = "text/markdown"
+    kind: str = "file"  # the agent's `artifact`: also the name of the field the client finds it under
 
 
 @dataclass
@@ -41,53 +60,18 @@ class AgentResult:
     file: WrittenFile | None = None
 
 
-@dataclass(eq=False)
-class Call:
-    """One LLM call MetaGPT awaits on the loop. The request's greenlet streams it (`app.generation`)
-    and settles `future` with (reply, usage) or an `UpstreamError`; `cancel()` comes from the loop."""
-
-    payload: dict[str, Any]
-    kind: Kind
-    loop: asyncio.AbstractEventLoop
-    future: asyncio.Future[tuple[str, dict[str, Any] | None]]
-    stream: UpstreamStream | None = None
-    cancelled: bool = False
-    parts: list[str] = field(default_factory=list)
-    usage: dict[str, Any] | None = None
-
-    def settle(self, exc: BaseException | None = None) -> None:
-        if not self.cancelled:
-            result = ("".join(self.parts), self.usage)
-            self.loop.call_soon_threadsafe(_settle, self.future, result, exc)
-
-    def cancel(self) -> None:
-        """Nobody waits any more: a reader blocked on the upstream wakes and drops it."""
-        self.cancelled = True
-        if self.stream is not None and not self.stream.finished:
-            self.stream.close()
-
-
-def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
-    if future.done():  # cancelled meanwhile
-        return
-    if exc is not None:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
-
-
 class Sink:
     """Where one request's output goes. Each request's LLM holds its own sink, so tokens can't cross."""
 
     def __init__(self, emit: Emit, call: Callable[[Call], None]) -> None:
         self._emit = emit
         self.call = call
-        self.kind: Kind = "reasoning"
+        self.kind: Kind = "reasoning"  # what the agent's next LLM call streams as
         self.usage = Usage()
         self.content_parts: list[str] = []
 
     def emit(self, kind: Kind, text: str) -> None:
-        """Text the agent itself adds (a title, a separator)."""
+        """Text the agent itself adds (a title, a separator, a processed reply)."""
         self.relayed(kind, text)
         self._emit(kind, text)
 
@@ -100,29 +84,37 @@ class Sink:
         return "".join(self.content_parts)
 
 
-AgentRun = Callable[[AgentRequest, Sink, "Runtime"], Awaitable[AgentResult]]
+class Agent(ABC):
+    """One model of `/v1/models`: a MetaGPT role run for one request.
 
+    Class attributes describe it; `run` does the work. Failures: raise `app.errors.APIError`
+    subclasses (`UpstreamError` for an unusable LLM reply); anything else becomes `agent_error`.
+    """
 
-@dataclass(frozen=True)
-class AgentSpec:
-    id: str
-    description: str
-    run: AgentRun
-    owned_by: str = "metagpt"
-    created: int = 1_700_000_000
+    id: ClassVar[str]  # the model id clients send
+    name: ClassVar[str]  # human-readable
+    description: ClassVar[str]
+    artifact: ClassVar[str]  # what its file is (`tutorial`): the final chunk's extension field
+    default_title: ClassVar[str]  # the file's title when the agent's own is unusable
+    owned_by: ClassVar[str] = "metagpt"
+    created: ClassVar[int] = 1_700_000_000
+
+    @abstractmethod
+    async def run(self, request: AgentRequest, sink: Sink, runtime: Runtime) -> Artifact:
+        """Run the role for `request`, its LLM calls streamed through `sink`; the file to publish."""
 
 
 @dataclass
 class Registry:
-    agents: dict[str, AgentSpec] = field(default_factory=dict)
+    agents: dict[str, Agent] = field(default_factory=dict)
 
-    def add(self, spec: AgentSpec) -> None:
-        if spec.id in self.agents:
-            raise ValueError(f"agent {spec.id!r} registered twice")
-        self.agents[spec.id] = spec
+    def add(self, agent: Agent) -> None:
+        if agent.id in self.agents:
+            raise ValueError(f"agent {agent.id!r} registered twice")
+        self.agents[agent.id] = agent
 
-    def get(self, model: str) -> AgentSpec | None:
+    def get(self, model: str) -> Agent | None:
         return self.agents.get(model)
 
-    def __iter__(self) -> Iterator[AgentSpec]:
+    def __iter__(self) -> Iterator[Agent]:
         return iter(self.agents.values())

@@ -1,19 +1,15 @@
 """The agent registry: model id -> agent. Adding a MetaGPT role is one module and one line here.
 
-Imports metagpt: only import after `app.metagpt_env.prepare`.
+Imports metagpt: only import after `app.runtime.metagpt_env.prepare`.
 """
 
-from app.agents.base import AgentSpec, Registry
-from app.agents.tutorial import write_tutorial
+from app.agents.base import Registry
+from app.agents.teaching_plan import WriteTeachingPlan
+from app.agents.tutorial import WriteTutorial
 
 
 def build_registry() -> Registry:
     registry = Registry()
-    registry.add(
-        AgentSpec(
-            id="write_tutorial",
-            description="MetaGPT TutorialAssistant: writes a Markdown tutorial about the topic you give.",
-            run=write_tutorial,
-        )
-    )
+    registry.add(WriteTutorial())
+    registry.add(WriteTeachingPlan())
     return registry

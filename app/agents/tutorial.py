@@ -15,10 +15,9 @@ from metagpt.roles.tutorial_assistant import TutorialAssistant
 from metagpt.schema import Message
 from pydantic import PrivateAttr
 
-from app.agents.base import AgentRequest, AgentResult, Sink, WrittenFile
-from app.bridge import off_loop
+from app.agents.base import Agent, AgentRequest, Artifact, Sink
 from app.errors import AgentError, APIError, UpstreamError
-from app.llm import Runtime, upstream_failure
+from app.runtime.llm import Runtime, upstream_failure
 
 SECTION_SEPARATOR = "\n\n\n"  # what TutorialAssistant puts between the title and each section
 
@@ -77,21 +76,22 @@ def _failure(exc: BaseException) -> APIError:
     return upstream_failure(exc) or AgentError("The agent failed while writing the tutorial.")
 
 
-async def write_tutorial(request: AgentRequest, sink: Sink, runtime: Runtime) -> AgentResult:
-    role = ServiceTutorialAssistant(
-        language=request.language, context=runtime.context(), llm=runtime.llm(sink, request.temperature)
-    )
-    role._sink = sink
-    try:
-        await role.run(request.topic)
-    except Exception as exc:
-        raise _failure(role._failure or exc) from exc
-    text = role.total_content
-    if sink.content() != text:
-        raise AgentError("The streamed tutorial differs from the agent's; it was not saved.")
-    data = text.encode("utf-8")
-    name = runtime.store.new_name(role.main_title)
-    await off_loop(runtime.store.write, name, data)  # its fsync must not stop the worker
-    runtime.metrics.tutorials_written.inc()
-    runtime.metrics.tutorial_bytes.inc(len(data))
-    return AgentResult(usage=sink.usage, file=WrittenFile(name=name, bytes=len(data), title=role.main_title))
+class WriteTutorial(Agent):
+    id = "write_tutorial"
+    name = "Tutorial writer"
+    description = "MetaGPT TutorialAssistant: writes a Markdown tutorial about the topic you give."
+    artifact = "tutorial"
+    default_title = "tutorial"
+
+    async def run(self, request: AgentRequest, sink: Sink, runtime: Runtime) -> Artifact:
+        role = ServiceTutorialAssistant(
+            language=request.language,
+            context=runtime.context(),
+            llm=runtime.llm(sink, request.temperature),
+        )
+        role._sink = sink
+        try:
+            await role.run(request.topic)
+        except Exception as exc:
+            raise _failure(role._failure or exc) from exc
+        return Artifact(title=role.main_title, text=role.total_content)

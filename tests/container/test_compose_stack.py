@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import runpy
 import secrets
 import subprocess
 import threading
@@ -29,6 +28,7 @@ import httpx
 import pytest
 import yaml
 
+from app.transport.worker import DRAIN_MARGIN
 from tests.container import standins
 from tests.container.engine import Engine, HostNetwork, engine_processes, private_engine
 from tests.integration.helpers import body, split_link
@@ -43,9 +43,8 @@ PROJECT = "gatewaye2e"
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
 SERVICES = [name for name in COMPOSE if name != "grafana"]
 # GATEWAY_GRACEFUL_TIMEOUT for this run: short, so that a stream can outlast it. The app ends streams
-# still running DRAIN_MARGIN seconds before it (read from gunicorn.conf.py).
+# still running DRAIN_MARGIN seconds before it.
 GRACE = 20
-DRAIN_MARGIN = runpy.run_path(str(ROOT / "gunicorn.conf.py"))["DRAIN_MARGIN"]
 
 
 def _time(stamp: str) -> float:

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from app.transport.worker import DRAIN_MARGIN
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -193,7 +195,7 @@ def test_one_setting_is_gunicorns_graceful_timeout_and_the_stop_grace_period(
     # nginx drains the same streams, stopped at the same time as the app.
     assert services["app"]["stop_grace_period"] == services["nginx"]["stop_grace_period"] == f"{setting}s"
     # Streams still running end DRAIN_MARGIN seconds before gunicorn (and Docker) stop waiting.
-    assert 0 < conf["DRAIN_MARGIN"] < conf["graceful_timeout"]
+    assert 0 < DRAIN_MARGIN < conf["graceful_timeout"]
     (tmp_path / "empty.env").touch()
     result = compose_config(tmp_path / "empty.env", GATEWAY_GRACEFUL_TIMEOUT="45", GRAFANA_ADMIN_PASSWORD="x")
     assert result.returncode == 0, result.stderr

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, settings
 from schemathesis import DataGenerationMethod
 from schemathesis.specs.openapi.checks import ignored_auth, negative_data_rejection
 
-OPENAPI = Path(__file__).resolve().parents[2] / "app" / "openapi.yaml"
+OPENAPI = Path(__file__).resolve().parents[2] / "app" / "api" / "openapi.yaml"
 pytestmark = pytest.mark.integration
 
 

@@ -129,7 +129,7 @@ def test_nothing_is_written_outside_the_data_dir(stack):
 
 def test_models_endpoints(stack):
     c = client(stack)
-    assert [m.id for m in c.models.list()] == ["write_tutorial"]
+    assert [m.id for m in c.models.list()] == ["write_tutorial", "write_teaching_plan"]
     assert c.models.retrieve("write_tutorial").owned_by == "metagpt"
     with pytest.raises(openai.NotFoundError) as info:
         c.models.retrieve("gpt-4")

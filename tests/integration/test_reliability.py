@@ -110,7 +110,7 @@ def test_keys_guard_every_endpoint_including_downloads_through_nginx(guarded):
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=f"{base}/v1", api_key="wrong", max_retries=0).models.list()
     models = openai.OpenAI(base_url=f"{base}/v1", api_key=KEYS[1], max_retries=0).models.list()
-    assert [m.id for m in models] == ["write_tutorial"]
+    assert [m.id for m in models] == ["write_tutorial", "write_teaching_plan"]
 
 
 # --- admission control ------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from scripted_llm import script
-from tests.metagpt_prompts import outline_prompt, section_prompt
+from tests.metagpt_prompts import outline_prompt, section_prompt, teacher_prompt
 from tests.procs import ROOT, free_port, scripted_llm_args, server
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -37,6 +37,11 @@ def outline_messages(topic: str) -> list[Any]:
 def section_messages(topic: str, directory: dict[str, list[str]] = DIRECTORY) -> list[Any]:
     prompt = section_prompt(topic, directory)
     return [SYSTEM, {"role": "user", "content": prompt}]
+
+
+def teacher_messages(lesson: str, topic: str, language: str = "English") -> list[Any]:
+    prompt = teacher_prompt(lesson, topic, language)
+    return [{"role": "system", "content": "You are a Teacher."}, {"role": "user", "content": prompt}]
 
 
 class Llm:
@@ -125,6 +130,38 @@ def test_stream_joins_to_section_text_with_usage(llm: Llm) -> None:
     entry = llm.entry(first.id)
     assert (entry["kind"], entry["topic"], entry["outcome"]) == ("section", "Redis", "completed")
     assert entry["tokens_sent"] == len(tokens) and entry["ended"] >= entry["started"]
+
+
+def test_stream_teaching_plan_part(llm: Llm) -> None:
+    lesson = "UNIT 1 Making New Friends\nTOPIC 1 Welcome to China! [[pace:400]]"
+    messages = teacher_messages(lesson, "Teaching Objectives", "Chinese")
+    chunks = list(llm.stream(messages, stream_options={"include_usage": True}))
+    expected = script.plan(messages[-1]["content"], 0).text
+
+    assert content(chunks) == expected
+    assert expected.startswith("[TEACHING_PLAN_BEGIN]\n## Teaching Objectives\n")
+    tokens = [c for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(tokens) == len(script.tokenize(expected)) == chunks[-1].usage.completion_tokens
+    entry = llm.entry(chunks[0].id)
+    assert (entry["kind"], entry["topic"], entry["language"], entry["outcome"]) == (
+        "plan_part",
+        "UNIT 1 Making New Friends TOPIC 1 Welcome to China!",
+        "Chinese",
+        "completed",
+    )
+
+
+def test_teaching_plan_fault_hits_the_title_only(llm: Llm) -> None:
+    lesson = "Cats [[fault:http500]]"
+    with pytest.raises(openai.InternalServerError):
+        llm.stream(teacher_messages(lesson, "Title"))
+    assert content(list(llm.stream(teacher_messages(lesson, "Teaching Hours")))).startswith(
+        "[TEACHING_PLAN_BEGIN]\n## Teaching Hours\n"
+    )
+    assert [(e["kind"], e["outcome"]) for e in llm.journal()] == [
+        ("plan_title", "fault:http500"),
+        ("plan_part", "completed"),
+    ]
 
 
 def test_stream_without_include_usage_has_no_usage_chunk(llm: Llm) -> None:

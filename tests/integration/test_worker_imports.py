@@ -1,4 +1,4 @@
-"""The libraries a worker defers (`app.lazy_packages.defer`) stay unloaded while it serves tutorials,
+"""The libraries a worker defers (`app.runtime.lazy_packages.defer`) stay unloaded while it serves tutorials,
 in gunicorn's worker and in-process, so the memory they would take is really saved."""
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def test_streamed_and_whole_completions_load_no_deferred_library(llm_server, tmp
         import sys
         from gevent import monkey
         monkey.patch_all()
-        from app import create_app, lazy_packages
+        from app import create_app
+        from app.runtime import lazy_packages
         from app.settings import Settings
         client = create_app(Settings(data_dir=sys.argv[1], llm_base_url=sys.argv[2])).test_client()
         for stream in (True, False):
@@ -53,3 +54,41 @@ def test_streamed_and_whole_completions_load_no_deferred_library(llm_server, tmp
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.splitlines() == ["200 True", "200 False", "loaded: [] 5"]
+
+
+def test_the_gateway_process_never_imports_what_it_does_not_use(tmp_path):
+    """A worker's imports after building the app and its agents: none of MetaGPT's other providers,
+    tools or environments, nor the deferred libraries, while every name MetaGPT's packages define
+    (and pandas, used) is still importable."""
+    script = textwrap.dedent(
+        """
+        import sys
+        from app import create_app
+        from app.settings import Settings
+        create_app(Settings(data_dir=sys.argv[1]))
+        import app.agents.tutorial, app.agents.teaching_plan, app.runtime.llm
+        unused = ["sklearn", "scipy", "IPython", "google.generativeai", "zhipuai", "dashscope", "qianfan",
+                  "botocore", "playwright", "sparkai", "volcenginesdkarkruntime", "metagpt.roles.engineer",
+                  "metagpt.actions.research", "metagpt.environment.werewolf"]
+        print("loaded:", [m for m in unused if m in sys.modules], len(sys.modules))
+        deferred = app.runtime.lazy_packages.METAGPT_DEFERRED_MODULES
+        print("deferred loaded:", [m for m in deferred if type(sys.modules.get(m)).__name__ == "module"])
+        from metagpt.actions import ActionType
+        from metagpt.provider import OpenAILLM
+        from metagpt.roles import Engineer
+        import metagpt.tools
+        from pandas import DataFrame
+        assert DataFrame({"a": [1, 2]}).shape == (2, 1)
+        assert issubclass(app.runtime.llm.GatewayLLM, OpenAILLM) and ActionType.WRITE_PRD and Engineer
+        assert metagpt.tools.libs.__name__ == "metagpt.tools.libs"
+        print("all names importable")
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    loaded, count = out.splitlines()[0].removeprefix("loaded: ").rsplit(" ", 1)
+    assert loaded == "[]"
+    assert int(count) < 1700  # 4,994 with MetaGPT's packages imported in full, 2,216 with pandas & co.
+    assert out.splitlines()[1] == "deferred loaded: []"
+    assert out.splitlines()[2] == "all names importable"

@@ -1,5 +1,6 @@
-"""A stopping worker closes idle keep-alive connections at once (app.worker): behind nginx, which keeps
-idle connections to each worker, an idle gateway stops in seconds, and a reload loses no request."""
+"""A stopping worker closes idle keep-alive connections at once (app.transport.worker): behind nginx,
+which keeps idle connections to each worker, an idle gateway stops in seconds, and a reload loses no
+request."""
 
 from __future__ import annotations
 

@@ -4,6 +4,7 @@ import pytest
 from pydantic import SecretStr
 
 from app import create_app
+from app.services import services
 from app.settings import Settings
 
 
@@ -19,15 +20,18 @@ def test_health_and_ready(client):
 
 def test_models(client):
     body = client.get("/v1/models").json
-    assert body["object"] == "list" and [m["id"] for m in body["data"]] == ["write_tutorial"]
+    assert body["object"] == "list" and [m["id"] for m in body["data"]] == [
+        "write_tutorial",
+        "write_teaching_plan",
+    ]
     assert client.get("/v1/models/write_tutorial").json["object"] == "model"
     assert client.get("/v1/models/x").status_code == 404
 
 
 def test_download_served_by_app(client, settings):
-    from app.storage import TutorialStore
+    from app.storage import FileStore
 
-    store = TutorialStore(settings.tutorials_path)
+    store = FileStore(settings.tutorials_path)
     name = store.new_name("Café guide")
     store.write(name, "# Café\n".encode())
     r = client.get(f"/download/{name}")
@@ -59,7 +63,7 @@ def test_unexpected_errors_are_openai_500(settings):
 def test_draining_turns_readiness_off_and_refuses_new_work(settings):
     app = create_app(settings)
     client = app.test_client()
-    app.extensions["gateway.lifecycle"].drain(deadline_seconds=3600)
+    services(app).lifecycle.drain(deadline_seconds=3600)
     r = client.get("/readyz")
     assert r.status_code == 503 and r.json == {"status": "draining"}
     r = client.post(
@@ -73,7 +77,7 @@ def test_draining_turns_readiness_off_and_refuses_new_work(settings):
 
 def test_admission_limit_answers_429_before_any_work(settings):
     app = create_app(settings)
-    lifecycle = app.extensions["gateway.lifecycle"]
+    lifecycle = services(app).lifecycle
     lifecycle.active.update(object() for _ in range(lifecycle.max_generations))
     r = app.test_client().post(
         "/v1/chat/completions",
@@ -107,7 +111,7 @@ def test_metagpt_actions_are_built_without_rereading_the_config(settings, monkey
 def test_each_request_gets_a_fresh_metagpt_context(settings):
     """`Runtime.context` builds what pydantic's defaults would (an empty `kwargs`, a cost manager with
     MetaGPT's prices), without deep-copying them, and shares nothing mutable between requests."""
-    runtime = create_app(settings).extensions["gateway.runtime"]
+    runtime = services(create_app(settings)).runtime
     from metagpt.context import Context
     from metagpt.utils.cost_manager import CostManager
 
@@ -152,10 +156,10 @@ def test_public_base_url_must_be_an_http_url(settings, url):
 
 
 def test_serving_without_api_keys_logs_a_warning_at_start(settings, caplog):
-    with caplog.at_level("WARNING", logger="app.auth"):
+    with caplog.at_level("WARNING", logger="app.api.auth"):
         create_app(settings)
     assert "No API keys configured" in caplog.text
     caplog.clear()
-    with caplog.at_level("WARNING", logger="app.auth"):
+    with caplog.at_level("WARNING", logger="app.api.auth"):
         create_app(settings.model_copy(update={"api_keys": SecretStr("k1")}))
     assert "No API keys configured" not in caplog.text

@@ -9,7 +9,7 @@ import time
 import gevent
 import pytest
 
-from app.bridge import AsyncioBridge, off_loop
+from app.runtime.bridge import AsyncioBridge, off_loop
 
 _block = time.sleep  # unpatched in the unit tests: it blocks the OS thread that calls it
 

@@ -1,7 +1,7 @@
 import pytest
 
+from app.api.protocol import Completion, FileLink, Usage, parse_request
 from app.errors import InvalidRequest
-from app.protocol import Completion, TutorialFile, Usage, parse_request
 
 
 def req(**overrides):
@@ -123,7 +123,7 @@ def test_no_usage_field_without_include_usage():
 
 
 def test_whole_completion():
-    f = TutorialFile(name="a-0.md", url="http://h/download/a-0.md", bytes=5, title="A")
+    f = FileLink(name="a-0.md", url="http://h/download/a-0.md", bytes=5, title="A", kind="tutorial")
     body = Completion(model="m").whole("text", "plan", Usage(1, 2), f)
     assert body["object"] == "chat.completion"
     assert body["choices"][0]["message"] == {
@@ -138,5 +138,5 @@ def test_whole_completion():
 
 
 def test_link_markdown_ends_with_the_link():
-    f = TutorialFile(name="a-0.md", url="http://h/download/a-0.md", bytes=5, title="A")
+    f = FileLink(name="a-0.md", url="http://h/download/a-0.md", bytes=5, title="A", kind="tutorial")
     assert f.link_markdown() == "\n\n---\n\n[Download a-0.md](http://h/download/a-0.md)\n"

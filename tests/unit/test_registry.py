@@ -1,17 +1,26 @@
 import pytest
 
-from app.agents.base import AgentRequest, AgentResult, AgentSpec, Registry, Sink
-from app.protocol import Usage
+from app.agents.base import Agent, AgentRequest, Artifact, Registry, Sink
 
 
-async def _noop(request: AgentRequest, sink: Sink, runtime: object) -> AgentResult:
-    return AgentResult(usage=Usage())
+def _agent(agent_id: str, description: str) -> Agent:
+    class Noop(Agent):
+        id = agent_id
+        name = agent_id.upper()
+        artifact = "note"
+        default_title = "note"
+
+        async def run(self, request: AgentRequest, sink: Sink, runtime: object) -> Artifact:  # type: ignore[override]
+            return Artifact(title="", text="")
+
+    Noop.description = description
+    return Noop()
 
 
 def test_registry_lookup_and_order():
     registry = Registry()
-    registry.add(AgentSpec(id="b", description="B", run=_noop))
-    registry.add(AgentSpec(id="a", description="A", run=_noop))
+    registry.add(_agent("b", "B"))
+    registry.add(_agent("a", "A"))
     assert registry.get("a").description == "A"
     assert registry.get("c") is None
     assert [s.id for s in registry] == ["b", "a"]
@@ -19,9 +28,9 @@ def test_registry_lookup_and_order():
 
 def test_registry_refuses_duplicates():
     registry = Registry()
-    registry.add(AgentSpec(id="a", description="A", run=_noop))
+    registry.add(_agent("a", "A"))
     with pytest.raises(ValueError, match="twice"):
-        registry.add(AgentSpec(id="a", description="again", run=_noop))
+        registry.add(_agent("a", "again"))
 
 
 def test_build_registry_lists_write_tutorial_first(settings):

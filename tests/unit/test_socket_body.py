@@ -8,7 +8,7 @@ import gevent.socket
 import pytest
 from gevent.hub import get_hub
 
-from app.generation import SOCKET_BODY_KEY, SocketBody
+from app.transport.socket_body import SOCKET_BODY_KEY, SocketBody
 
 
 @pytest.fixture

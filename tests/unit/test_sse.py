@@ -1,7 +1,7 @@
 import pytest
 
-from app import sse
-from app.protocol import Completion
+from app.api import sse
+from app.api.protocol import Completion
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,7 @@ import os
 
 import pytest
 
-from app.storage import SLUG_MAX_CHARS, TutorialStore, is_valid_name, slugify
+from app.storage import SLUG_MAX_CHARS, FileStore, is_valid_name, slugify
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ def test_slugify(title, slug):
     "title", ["../../../escaped", "a/b", "x\x00y", "y" * 500, "..", "\u202e\u0000/\\", "CON", "-leading"]
 )
 def test_new_names_are_valid_and_unique(title, tmp_path):
-    store = TutorialStore(tmp_path)
+    store = FileStore(tmp_path)
     a, b = store.new_name(title), store.new_name(title)
     assert a != b and is_valid_name(a) and is_valid_name(b)
     assert len(a.encode()) < 255 and "/" not in a and not a.startswith(".")
@@ -54,7 +54,7 @@ def test_invalid_names(name):
 
 
 def test_write_is_atomic_and_leaves_no_temp(tmp_path):
-    store = TutorialStore(tmp_path)
+    store = FileStore(tmp_path)
     name = store.new_name("T")
     path = store.write(name, b"# T\n\nbody")
     assert path.parent == tmp_path and path.read_text() == "# T\n\nbody"
@@ -64,11 +64,11 @@ def test_write_is_atomic_and_leaves_no_temp(tmp_path):
 
 def test_write_refuses_unsafe_names(tmp_path):
     with pytest.raises(ValueError):
-        TutorialStore(tmp_path).write("../evil.md", b"x")
+        FileStore(tmp_path).write("../evil.md", b"x")
 
 
 def test_resolve_refuses_symlinks_dirs_and_missing(tmp_path):
-    store = TutorialStore(tmp_path)
+    store = FileStore(tmp_path)
     outside = tmp_path.parent / "secret.txt"
     outside.write_text("secret")
     link = "link-" + "a" * 32 + ".md"

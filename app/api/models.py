@@ -2,24 +2,24 @@
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
 
+from app.api.protocol import model_object
 from app.errors import ModelNotFound
-from app.protocol import model_object
+from app.services import services
 
 bp = Blueprint("models", __name__)
 
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    registry = current_app.extensions["gateway.registry"]
-    data = [model_object(spec.id, spec.created, spec.owned_by) for spec in registry]
+    data = [model_object(agent.id, agent.created, agent.owned_by) for agent in services().registry]
     return jsonify({"object": "list", "data": data})
 
 
 @bp.get("/v1/models/<path:model_id>")
 def get_model(model_id: str) -> Response:
-    spec = current_app.extensions["gateway.registry"].get(model_id)
-    if spec is None:
+    agent = services().registry.get(model_id)
+    if agent is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
-    return jsonify(model_object(spec.id, spec.created, spec.owned_by))
+    return jsonify(model_object(agent.id, agent.created, agent.owned_by))

@@ -1,7 +1,7 @@
 """The LLM side of MetaGPT as the gateway runs it: configuration built once, one upstream client per
 worker, and a provider whose calls are relayed by its own request's greenlet.
 
-Imports metagpt: only import after `app.metagpt_env.prepare`.
+Imports metagpt: only import after `app.runtime.metagpt_env.prepare`.
 """
 
 from __future__ import annotations
@@ -18,12 +18,14 @@ from metagpt.provider.openai_api import OpenAILLM
 from metagpt.utils.cost_manager import CostManager
 from metagpt.utils.token_counter import TOKEN_COSTS
 
-from app.agents.base import Call, Sink
-from app.errors import APIError, UpstreamError
+from app.agents.base import Agent, AgentResult, Artifact, Sink, WrittenFile
+from app.errors import AgentError, APIError, UpstreamError
+from app.generation.call import Call
 from app.metrics import Metrics
+from app.runtime.bridge import off_loop
 from app.settings import Settings
-from app.storage import TutorialStore
-from app.upstream import UpstreamClient
+from app.storage import FileStore
+from app.upstream.client import UpstreamClient
 
 
 class GatewayLLM(OpenAILLM):
@@ -38,6 +40,9 @@ class GatewayLLM(OpenAILLM):
       tenacity retry re-streams a reply the client has already seen (duplicated text) and waits minutes.
     Usage is what the upstream reports (`stream_options.include_usage`), else estimated from characters:
     MetaGPT's fallback counts with tiktoken, which downloads its tables at first use.
+    Only text chat goes through it (`aask` and what calls it, `acompletion_text`); MetaGPT's other
+    client paths (non-streamed `ChatCompletion` objects, function calling, moderation, speech, images)
+    fail with an `AgentError` that says which one was asked for.
     """
 
     def __init__(self, config: LLMConfig, sink: Sink, metrics: Metrics) -> None:
@@ -54,6 +59,34 @@ class GatewayLLM(OpenAILLM):
         kwargs = super()._cons_kwargs(messages, timeout, **extra)
         kwargs.pop("timeout")  # the shared client carries separate connect and read timeouts
         return kwargs
+
+    @property
+    def aclient(self) -> Any:
+        raise _unsupported("its OpenAI SDK client")
+
+    async def acompletion(self, messages: list[dict], timeout: int = 0) -> Any:
+        raise _unsupported("a ChatCompletion object (acompletion)")
+
+    async def _achat_completion(self, messages: list[dict], timeout: int = 0) -> Any:
+        raise _unsupported("a non-streamed ChatCompletion (_achat_completion)")
+
+    async def aask_code(self, messages: Any, timeout: int = 0, **kwargs: Any) -> dict:
+        raise _unsupported("function calling (aask_code)")
+
+    async def _achat_completion_function(self, messages: list[dict], timeout: int = 0, **kwargs: Any) -> Any:
+        raise _unsupported("function calling (_achat_completion_function)")
+
+    async def amoderation(self, content: Any) -> Any:
+        raise _unsupported("moderation")
+
+    async def atext_to_speech(self, **kwargs: Any) -> Any:
+        raise _unsupported("text to speech")
+
+    async def aspeech_to_text(self, **kwargs: Any) -> Any:
+        raise _unsupported("speech to text")
+
+    async def gen_image(self, *args: Any, **kwargs: Any) -> Any:
+        raise _unsupported("image generation")
 
     async def acompletion_text(self, messages: list[dict], stream: bool = False, timeout: int = 0) -> str:
         # Every MetaGPT call goes through the stream: one code path for tokens, usage and metrics.
@@ -95,10 +128,16 @@ class GatewayLLM(OpenAILLM):
         return reply
 
 
+def _unsupported(what: str) -> AgentError:
+    return AgentError(
+        f"The agent asked the LLM for {what}; the gateway relays text chat completions only (MetaGPT's aask)."
+    )
+
+
 class Runtime:
     """Per-worker MetaGPT runtime: what every agent run shares."""
 
-    def __init__(self, settings: Settings, store: TutorialStore, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: FileStore, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -134,6 +173,24 @@ class Runtime:
         if temperature is not None:
             config = config.model_copy(update={"temperature": temperature})
         return GatewayLLM(config, sink, self.metrics)
+
+    async def publish(self, agent: Agent, artifact: Artifact, sink: Sink) -> AgentResult:
+        """Store the agent's file under a fresh name; the result the client is told about."""
+        if sink.content() != artifact.text:
+            raise AgentError(f"The streamed {agent.artifact} differs from the agent's; it was not saved.")
+        data = artifact.text.encode("utf-8")
+        name = self.store.new_name(artifact.title, default=agent.default_title)
+        await off_loop(self.store.write, name, data)  # its fsync must not stop the worker
+        self.metrics.tutorials_written.labels(agent.id).inc()
+        self.metrics.tutorial_bytes.labels(agent.id).inc(len(data))
+        written = WrittenFile(
+            name=name,
+            bytes=len(data),
+            title=artifact.title,
+            media_type=artifact.media_type,
+            kind=agent.artifact,
+        )
+        return AgentResult(usage=sink.usage, file=written)
 
 
 def upstream_failure(exc: BaseException) -> APIError | None:

@@ -7,15 +7,18 @@ import re
 import time
 from typing import Any
 
-from flask import Blueprint, Response, current_app, g, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
-from app import sse
 from app.agents.base import AgentRequest
+from app.api import sse
+from app.api.protocol import ChatCompletionRequest, Completion, file_link, parse_request
 from app.errors import APIError, InvalidRequest, ModelNotFound, UnsupportedMediaType
-from app.generation import Failed, Generation, SocketBody, collect, stream, tutorial_file
+from app.generation.body import stream
+from app.generation.job import Failed, Generation, collect
 from app.metrics import OTHER_MODEL
-from app.protocol import ChatCompletionRequest, Completion, parse_request
+from app.services import services
 from app.settings import Settings
+from app.transport.socket_body import SocketBody
 
 bp = Blueprint("completions", __name__)
 
@@ -27,7 +30,7 @@ _HOST = re.compile(r"(?:[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?|\[[0-9A-Fa-f:.]+\
 def _base_url() -> str:
     """Where download links point: GATEWAY_PUBLIC_BASE_URL, else the scheme and host the request came to
     (nginx forwards its own; a client reaching gunicorn directly could send anything)."""
-    configured = current_app.extensions["gateway.settings"].public_base_url
+    configured = services().settings.public_base_url
     if configured:
         return str(configured).rstrip("/")
     if request.scheme not in ("http", "https") or not _HOST.fullmatch(request.host):
@@ -72,28 +75,28 @@ def _agent_request(body: ChatCompletionRequest, settings: Settings) -> AgentRequ
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     started = time.monotonic()
-    ext = current_app.extensions
-    settings, metrics, lifecycle = ext["gateway.settings"], ext["gateway.metrics"], ext["gateway.lifecycle"]
+    svc = services()
+    settings, metrics, lifecycle = svc.settings, svc.metrics, svc.lifecycle
     body = parse_request(_payload())
     g.metrics_stream = "true" if body.stream else "false"
-    spec = ext["gateway.registry"].get(body.model)
-    if spec is None:
+    agent = svc.registry.get(body.model)
+    if agent is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
-    g.metrics_model = spec.id
+    g.metrics_model = agent.id
     agent_request = _agent_request(body, settings)
     base_url = _base_url()
     try:
         lifecycle.admit()
     except APIError as exc:
         metrics.rejected_requests.labels(exc.code or "rejected").inc()
-        metrics.generation_duration.labels(spec.id, "rejected").observe(time.monotonic() - started)
+        metrics.generation_duration.labels(agent.id, "rejected").observe(time.monotonic() - started)
         raise
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
     completion = Completion(model=body.model, include_usage=include_usage)
     generation = Generation(
-        ext["gateway.bridge"],
-        ext["gateway.runtime"],
-        spec,
+        svc.bridge,
+        svc.runtime,
+        agent,
         agent_request,
         metrics=metrics,
         lifecycle=lifecycle,
@@ -103,11 +106,11 @@ def chat_completions() -> Response:
 
     if not body.stream:
         content, reasoning, result = collect(generation)
-        file = tutorial_file(result, base_url)
-        if file is not None:
-            content += file.link_markdown()
-        response = jsonify(completion.whole(content, reasoning, result.usage, file))
-        metrics.streamed_bytes.labels(spec.id).inc(response.content_length or 0)
+        link = file_link(result, base_url)
+        if link is not None:
+            content += link.link_markdown()
+        response = jsonify(completion.whole(content, reasoning, result.usage, link))
+        metrics.streamed_bytes.labels(agent.id).inc(response.content_length or 0)
         return response
 
     # Wait briefly for the first event so that an immediate upstream failure gets a real status.
@@ -124,12 +127,12 @@ def chat_completions() -> Response:
 
 @bp.after_app_request
 def count_request(response: Response) -> Response:
-    """Count finished completion requests; a stream counts itself when it ends (generation.stream)."""
+    """Count finished completion requests; a stream counts itself when it ends (generation.body)."""
     if request.endpoint == "completions.chat_completions" and not (
         response.is_streamed and response.status_code == 200
     ):
         model = g.get("metrics_model", OTHER_MODEL)
-        current_app.extensions["gateway.metrics"].requests.labels(
+        services().metrics.requests.labels(
             model, g.get("metrics_stream", "false"), str(response.status_code)
         ).inc()
     return response

@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import logging
 
-from flask import Flask, current_app, request
+from flask import Flask, request
 
 from app.errors import Unauthorized
 
@@ -35,7 +35,6 @@ class Authenticator:
 
 
 def install(app: Flask, authenticator: Authenticator) -> None:
-    app.extensions["gateway.auth"] = authenticator
     if not authenticator.enabled:
         # Serving without keys is a choice the operator must see (issue 16), not a silent default.
         logging.getLogger(__name__).warning(
@@ -47,7 +46,7 @@ def install(app: Flask, authenticator: Authenticator) -> None:
     def _require_key() -> None:
         if request.endpoint in OPEN_ENDPOINTS:
             return
-        if not current_app.extensions["gateway.auth"].accepts(request.headers.get("Authorization")):
+        if not authenticator.accepts(request.headers.get("Authorization")):
             raise Unauthorized(
                 "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
                 headers={"WWW-Authenticate": 'Bearer realm="metagpt-gateway"'},

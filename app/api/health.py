@@ -9,7 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
-from flask import Blueprint, Response, current_app, jsonify
+from flask import Blueprint, Response, jsonify
+
+from app.services import services
 
 bp = Blueprint("health", __name__)
 
@@ -21,9 +23,9 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
-    store = current_app.extensions["gateway.store"]
-    draining = current_app.extensions["gateway.lifecycle"].draining
-    ready = store.folder.is_dir() and not draining
+    svc = services()
+    draining = svc.lifecycle.draining
+    ready = svc.store.folder.is_dir() and not draining
     response = jsonify({"status": "ready" if ready else ("draining" if draining else "not ready")})
     response.status_code = 200 if ready else 503
     return response
@@ -31,11 +33,11 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    data, content_type = current_app.extensions["gateway.metrics"].render()
+    data, content_type = services().metrics.render()
     return Response(data, content_type=content_type)
 
 
-OPENAPI_PATH = Path(__file__).resolve().parent.parent / "openapi.yaml"
+OPENAPI_PATH = Path(__file__).resolve().parent / "openapi.yaml"
 
 
 def load_openapi() -> dict:
@@ -44,4 +46,4 @@ def load_openapi() -> dict:
 
 @bp.get("/openapi.json")
 def openapi() -> Response:
-    return jsonify(current_app.extensions["gateway.openapi"])
+    return jsonify(services().openapi)

@@ -1,5 +1,6 @@
 """The gateway's gunicorn worker: gunicorn's gevent worker, with its error pages in the API's error format,
-the socket-body flag for streams, and a stop that closes idle keep-alive connections at once.
+the socket-body flag for streams, a stop that drains the app and closes idle keep-alive connections at
+once, and the app's long-lived objects frozen out of the garbage collector.
 
 gunicorn's gevent worker, told to stop (SIGTERM: `docker stop`, a reload's old workers), stops accepting
 within a second, then waits for every connection it holds, including those idle between two requests:
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import gc
 import json
 import socket
 import struct
@@ -22,6 +24,7 @@ from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import gevent
+from flask import Flask
 from gevent.server import StreamServer
 from gunicorn import util
 from gunicorn.workers import ggevent
@@ -60,6 +63,11 @@ class _Listener(StreamServer):
 ggevent.StreamServer = _Listener
 
 
+# Seconds before the graceful timeout at which streams still running are ended with an error event
+# and [DONE], so that clients see a clean end instead of a cut when gunicorn stops waiting.
+DRAIN_MARGIN = 5
+
+
 def _unread_bytes(sock: socket.socket) -> int:
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
 
@@ -73,11 +81,15 @@ class GatewayWorker(GeventWorker):
 
     def load_wsgi(self) -> None:
         """Tell the app it may write a streaming body's later events to the socket itself
-        (`app.generation.SocketBody`): true when gunicorn speaks HTTP on it (not uwsgi)."""
+        (`app.transport.socket_body`): true when gunicorn speaks HTTP on it (not uwsgi). Then freeze
+        what the app (MetaGPT included) leaves in memory: hundreds of thousands of long-lived objects,
+        which a full collection would walk while every stream of the worker waits (seen in the
+        benchmark as simultaneous gaps)."""
         super().load_wsgi()
+        gc.freeze()
         if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
             return
-        from app.generation import SOCKET_BODY_KEY  # imported with the app already
+        from app.transport.socket_body import SOCKET_BODY_KEY  # imported with the app already
 
         app = self.wsgi.wsgi_app  # Flask's middleware slot: `self.wsgi` stays the Flask app
 
@@ -110,8 +122,21 @@ class GatewayWorker(GeventWorker):
             self._idle.discard(me)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
+        """SIGTERM: the app drains (readiness turns false; streams still running at the graceful
+        timeout less `DRAIN_MARGIN` end with an error event), and the worker stops accepting and
+        closes its idle connections at the same moment. A request that still reaches the app was on
+        its way before: it is served, not refused (a reload then loses none)."""
+        self._drain_app()
         super().handle_exit(sig, frame)  # alive = False: responses from now on close their connection
         gevent.spawn(self.close_idle_connections)
+
+    def _drain_app(self) -> None:
+        if not isinstance(self.wsgi, Flask) or "gateway" not in self.wsgi.extensions:
+            return  # another WSGI app (gunicorn's own tests of this worker)
+        from app.services import services
+
+        deadline = max(self.cfg.graceful_timeout - DRAIN_MARGIN, 1)
+        services(self.wsgi).lifecycle.drain(deadline, refuse_new=False)
 
     def close_idle_connections(self) -> None:
         """Stop accepting, and close each connection waiting for a request of which nothing has arrived.

@@ -1,18 +1,19 @@
-"""`GET /download/<name>`: a written tutorial as an attachment (nginx serves this path in production),
+"""`GET /download/<name>`: a written file as an attachment (nginx serves this path in production),
 and `GET /auth/check`, which nginx asks (auth_request) before it serves a download itself."""
 
 from __future__ import annotations
 
-from flask import Blueprint, Response, current_app, send_file
+from flask import Blueprint, Response, send_file
 
 from app.errors import NotFound
+from app.services import services
 
 bp = Blueprint("files", __name__)
 
 
 @bp.get("/download/<path:name>")
 def download(name: str) -> Response:
-    path = current_app.extensions["gateway.store"].resolve(name)
+    path = services().store.resolve(name)
     if path is None:
         raise NotFound("No such tutorial.")
     response = send_file(path, mimetype="text/markdown", as_attachment=True, download_name=name, max_age=0)

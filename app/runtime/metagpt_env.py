@@ -3,9 +3,9 @@
 MetaGPT decides where it writes (logs, workspace, schemas) from METAGPT_PROJECT_ROOT at import time and
 builds `Config.default()` at import, which needs an `llm:` section in a config2.yaml; it also imports
 GitPython, which must be told that a host without git is fine. The real LLM settings are given per
-agent (`app.llm`), so the file written here is a placeholder. MetaGPT's
+agent (`app.runtime.llm`), so the file written here is a placeholder. MetaGPT's
 packages that import all their siblings are imported lazily, and a few libraries its modules import
-but the gateway never uses are loaded only if used (`app.lazy_packages`).
+but the gateway never uses are loaded only if used (`app.runtime.lazy_packages`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import os
 import platform
 import sys
 
-from app import lazy_packages
+from app.runtime import lazy_packages
 from app.settings import Settings
 
 _PLACEHOLDER = (

@@ -9,11 +9,15 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
 
 from app.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from app.agents.base import AgentResult
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 # Content part types OpenAI defines; only text feeds an agent, the others are accepted and skipped.
@@ -88,20 +92,43 @@ def _is_union_tag(part: int | str) -> bool:
 
 
 @dataclass(frozen=True)
-class TutorialFile:
-    """What the final chunk's `tutorial` extension field describes."""
+class FileLink:
+    """The file an agent wrote, as the client is told about it: in the final chunk (or the completion)
+    under `file`, and under the agent's artifact name (`tutorial`) too (extension)."""
 
     name: str
     url: str
     bytes: int
     title: str
+    media_type: str = "text/markdown"
+    kind: str = "file"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "url": self.url, "bytes": self.bytes, "title": self.title}
+        return {
+            "name": self.name,
+            "url": self.url,
+            "bytes": self.bytes,
+            "title": self.title,
+            "media_type": self.media_type,
+        }
+
+    def fields(self) -> dict[str, dict[str, Any]]:
+        """The extension fields that carry it: `file`, and its kind's name."""
+        value = self.as_dict()
+        return {"file": value, self.kind: value}
 
     def link_markdown(self) -> str:
-        """The content delta that ends a tutorial: a blank line, a rule, then the download link."""
+        """The content delta that ends the text: a blank line, a rule, then the download link."""
         return f"\n\n---\n\n[Download {self.name}]({self.url})\n"
+
+
+def file_link(result: AgentResult, base_url: str) -> FileLink | None:
+    """Where the client downloads the file of `result` (`GET /download/<name>`), if it has one."""
+    f = result.file
+    if f is None:
+        return None
+    url = f"{base_url}/download/{quote(f.name)}"
+    return FileLink(name=f.name, url=url, bytes=f.bytes, title=f.title, media_type=f.media_type, kind=f.kind)
 
 
 @dataclass
@@ -156,9 +183,7 @@ class Completion:
             "usage": usage.as_dict(),
         }
 
-    def whole(
-        self, content: str, reasoning: str, usage: Usage, tutorial: TutorialFile | None
-    ) -> dict[str, Any]:
+    def whole(self, content: str, reasoning: str, usage: Usage, file: FileLink | None) -> dict[str, Any]:
         message: dict[str, Any] = {"role": "assistant", "content": content, "refusal": None}
         if reasoning:
             message["reasoning_content"] = reasoning
@@ -170,8 +195,8 @@ class Completion:
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": "stop"}],
             "usage": usage.as_dict(),
         }
-        if tutorial is not None:
-            body["tutorial"] = tutorial.as_dict()  # extension
+        if file is not None:
+            body.update(file.fields())  # extension
         return body
 
 

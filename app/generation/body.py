@@ -1,0 +1,122 @@
+"""The body of a streamed completion: the SSE event sequence of one generation, and its writer.
+
+`stream` yields the first event to gunicorn (which sends it with the head) and writes the later ones
+to the socket itself (`app.transport.socket_body`); once the first token is out, plain tokens go from
+the upstream poller's tick to the socket (`app.transport.direct`) and this generator wakes only for
+heartbeats, the end, or a client that does not keep up.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Generator, Iterator
+
+from app.agents.base import Kind
+from app.api import sse
+from app.api.protocol import Completion, file_link
+from app.generation.job import Finished, Generation, Token
+from app.metrics import Batched
+from app.transport.direct import DirectRelay
+from app.transport.socket_body import SocketBody
+
+
+def _events(
+    generation: Generation,
+    completion: Completion,
+    base_url: str,
+    heartbeat: float,
+    status: list[str],
+    direct: tuple[SocketBody, Batched] | None,
+) -> Generator[bytes, None, None]:
+    """The SSE body as a sequence of events; `status[0]` says how it ended. With `direct` (the body
+    and the streamed-bytes counter), tokens after the first go from the poller's tick to the body."""
+    metrics, model = generation.metrics, generation.model
+    first_token = True
+    frames: dict[Kind, sse.Template] = {
+        "content": sse.Template(lambda text: completion.chunk({"content": text})),
+        "reasoning": sse.Template(lambda text: completion.chunk({"reasoning_content": text})),
+    }
+    tokens: dict[Kind, Batched] = {
+        kind: Batched(metrics.streamed_tokens.labels(model, kind)) for kind in frames
+    }
+    try:
+        yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
+        while True:
+            event = generation.next(timeout=heartbeat)
+            if event is None:
+                metrics.heartbeats.labels(model).inc()
+                yield sse.comment("keep-alive")
+            elif isinstance(event, Token):
+                if first_token:
+                    first_token = False
+                    metrics.time_to_first_token.labels(model).observe(time.monotonic() - generation.started)
+                    if direct is not None and direct[0].immediate:
+                        generation.relay_to(DirectRelay(direct[0], frames, tokens, direct[1]))
+                tokens[event.kind].add(event.count)
+                yield frames[event.kind](event.text)
+            elif isinstance(event, Finished):
+                link = file_link(event.result, base_url)
+                extra = {}
+                if link is not None:
+                    yield sse.data(completion.chunk({"content": link.link_markdown()}))
+                    extra = link.fields()  # extension
+                yield sse.data(completion.chunk({}, finish_reason="stop", **extra))
+                if completion.include_usage:
+                    yield sse.data(completion.usage_chunk(event.result.usage))
+                status[0] = "completed"
+                break
+            else:
+                yield sse.data(event.error.body())
+                status[0] = "failed"
+                break
+        yield sse.DONE
+    finally:
+        for counter in tokens.values():
+            counter.flush()
+
+
+def stream(
+    generation: Generation,
+    completion: Completion,
+    base_url: str,
+    heartbeat: float,
+    body: SocketBody | None = None,
+) -> Iterator[bytes]:
+    """The SSE body. Headers are already decided; from here an error is an event, then [DONE].
+
+    With `body` (gunicorn), the first event is yielded (gunicorn sends it with the head) and every
+    later one is written to the socket directly; without it, every event is yielded. Bytes count as
+    streamed once the server has taken them: after a direct write, or when the server asks for the
+    next event (the previous write succeeded). A failed write ends the body: `OSError` from a
+    direct write, `GeneratorExit` when gunicorn's own write failed.
+    """
+    metrics, model = generation.metrics, generation.model
+    status = ["cancelled"]
+    written = Batched(metrics.streamed_bytes.labels(model))
+    direct = None if body is None else (body, written)
+    events = _events(generation, completion, base_url, heartbeat, status, direct)
+    try:
+        if body is None:
+            pending = 0
+            for event in events:
+                written.add(pending)
+                pending = len(event)
+                yield event
+            written.add(pending)
+        else:
+            first = next(events)
+            yield first
+            written.add(len(first))
+            write, add = body.write, written.add
+            for event in events:
+                write(event)
+                add(len(event))
+    except (GeneratorExit, OSError):
+        metrics.client_disconnects.labels(model).inc()
+        status[0] = "cancelled"
+        raise
+    finally:
+        events.close()
+        written.flush()
+        generation.close(status[0])
+        metrics.requests.labels(model, "true", "200").inc()

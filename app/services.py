@@ -1,0 +1,46 @@
+"""The worker's services, one typed object on the Flask app (flaskr's `get_db`/`init_app` pattern).
+
+Built once by `create_app`; read in a request with `services()`, elsewhere with `services(app)`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from flask import Flask, current_app
+
+if TYPE_CHECKING:
+    from app.agents.base import Registry
+    from app.api.auth import Authenticator
+    from app.lifecycle import Lifecycle
+    from app.metrics import Metrics
+    from app.runtime.bridge import AsyncioBridge
+    from app.runtime.llm import Runtime
+    from app.settings import Settings
+    from app.storage import FileStore
+
+_KEY = "gateway"
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    store: FileStore
+    metrics: Metrics
+    registry: Registry
+    runtime: Runtime  # MetaGPT's side: LLM configuration, the upstream client
+    bridge: AsyncioBridge
+    lifecycle: Lifecycle
+    auth: Authenticator
+    openapi: dict[str, Any]
+
+
+def init_app(app: Flask, services: Services) -> None:
+    app.extensions[_KEY] = services
+
+
+def services(app: Flask | None = None) -> Services:
+    """The services of `app`, or of the app handling the current request."""
+    found: Services = (app or current_app).extensions[_KEY]
+    return found

@@ -1,0 +1,86 @@
+"""A streaming body's later events written by the request's greenlet straight to gunicorn's socket."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent.socket
+
+SOCKET_BODY_KEY = "gateway.socket_body"  # set by app.transport.worker: the app may write HTTP/1.x itself
+
+
+class SocketBody:
+    """The rest of a streaming body, written by the request's greenlet straight to gunicorn's client
+    socket (`environ["gunicorn.socket"]`, the same one gunicorn writes to).
+
+    gunicorn sends the head and the first event; after that, each event through gunicorn would cost
+    its `Response.write`, `write_chunk` and gevent's `sendall` (a `getsockopt` syscall each time). Here
+    an event is framed like gunicorn frames it (a chunk of HTTP/1.1 chunked encoding; raw bytes for
+    HTTP/1.0, where gunicorn closes the connection instead) and handed to the socket in one
+    non-blocking `send`; only a client that does not keep up waits, cooperatively, in `sendall`.
+    gunicorn writes the terminating chunk when the body ends. A failed write raises `OSError`.
+    `send_now` is the same write for the poller's tick, which must not wait: what the socket does not
+    take (or the error) is left for `flush`, in the greenlet.
+    """
+
+    __slots__ = ("_chunked", "_error", "_left", "_raw", "_sock")
+
+    def __init__(self, sock: Any, chunked: bool) -> None:
+        self._sock = sock
+        # gevent's plain socket wraps a non-blocking stdlib socket; anything else (TLS) uses sendall.
+        self._raw = sock._sock if type(sock) is gevent.socket.socket else None
+        self._chunked = chunked
+        self._left = b""
+        self._error: OSError | None = None
+
+    @property
+    def immediate(self) -> bool:
+        """Whether `send_now` can send at all (a plain socket)."""
+        return self._raw is not None
+
+    @classmethod
+    def of(cls, environ: dict[str, Any]) -> SocketBody | None:
+        """For an HTTP/1.x request on the gateway's gunicorn worker, which says so in the environ
+        (`app.transport.worker`: only it knows the wire is HTTP, not uwsgi); None elsewhere: the body
+        is then yielded (the Flask test client, other servers)."""
+        sock = environ.get("gunicorn.socket")
+        protocol = environ.get("SERVER_PROTOCOL")
+        if not environ.get(SOCKET_BODY_KEY) or not isinstance(sock, gevent.socket.socket):
+            return None
+        if protocol not in ("HTTP/1.1", "HTTP/1.0"):
+            return None
+        return cls(sock, chunked=protocol == "HTTP/1.1")
+
+    def write(self, data: bytes) -> None:
+        """Send `data` after anything `send_now` left, waiting for the client if need be."""
+        if not self.send_now(data):
+            self.flush()
+
+    def send_now(self, data: bytes) -> bool:
+        """`write` without waiting (in the hub): False when part of `data`, or the error of sending
+        it, is left for `flush`."""
+        if self._chunked:
+            data = b"%X\r\n%b\r\n" % (len(data), data)
+        raw = self._raw
+        if raw is None or self._left or self._error is not None:
+            self._left += data
+            return False
+        try:
+            sent = raw.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            self._error = exc
+            return False
+        if sent == len(data):
+            return True
+        self._left = data[sent:]
+        return False
+
+    def flush(self) -> None:
+        """Send what `send_now` left, waiting for the client if need be; raises its error."""
+        left, error, self._left, self._error = self._left, self._error, b"", None
+        if error is not None:
+            raise error
+        if left:
+            self._sock.sendall(left)

@@ -1,0 +1,34 @@
+"""One chat completion chunk: only the content delta and the final usage are read.
+
+The openai SDK builds a pydantic object per chunk; here orjson parses it and two keys are looked up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.errors import UpstreamError
+
+
+def parse_chunk(payload: bytes) -> tuple[str, dict[str, Any] | None]:
+    """One upstream chunk: its content text (maybe empty) and, on the last one, the usage."""
+    try:
+        chunk = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        raise UpstreamError("The upstream LLM sent a malformed event.", code="upstream_bad_output") from None
+    if type(chunk) is not dict:
+        raise UpstreamError("The upstream LLM sent a malformed event.", code="upstream_bad_output")
+    if "error" in chunk:
+        raise UpstreamError("The upstream LLM reported an error mid-stream.", code="upstream_status")
+    content = ""
+    choices = chunk.get("choices")
+    if choices and type(choices) is list and type(choices[0]) is dict:
+        delta = choices[0].get("delta")
+        if type(delta) is dict:
+            text = delta.get("content")
+            if type(text) is str:
+                content = text
+    usage = chunk.get("usage")
+    return content, usage if type(usage) is dict else None
