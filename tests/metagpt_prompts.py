@@ -158,3 +158,21 @@ def teacher_prompt(lesson: str, topic: str, language: str = "English") -> str:
             language=language,
         )
     )
+
+
+# MetaGPT's TeachingPlanBlock.TOPICS: the title, then the parts, in the order Teacher writes them.
+TEACHING_PLAN_TOPICS = [
+    "Title",
+    "Teaching Hours",
+    "Teaching Objectives",
+    "Teaching Content",
+    "Teaching Methods and Strategies",
+    "Learning Activities",
+    "Teaching Time Allocation",
+    "Assessment and Feedback",
+    "Teaching Summary and Improvement",
+    "Vocabulary Cloze",
+    "Choice Questions",
+    "Grammar Questions",
+    "Translation Questions",
+]

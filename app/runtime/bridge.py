@@ -7,9 +7,9 @@ under gevent, and an OS thread with the stdlib selector hangs: both measured.
 
 The loop's selector is a native epoll whose own file descriptor is what gevent waits on. gevent's
 `GeventSelector` (what monkey-patching makes the default) starts and stops a watcher for every
-registered socket on every loop iteration: with a few hundred upstream streams that cost ~0.3 ms of
-CPU per streamed token (measured). Waiting on the one epoll descriptor costs the same whatever the
-number of sockets.
+registered socket on every loop iteration, a cost that grows with the number of streams
+(bench/PERFORMANCE.md). Waiting on the one epoll descriptor costs the same whatever the number of
+sockets.
 """
 
 from __future__ import annotations

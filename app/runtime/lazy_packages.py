@@ -4,7 +4,8 @@ MetaGPT's package `__init__`s import every module beside them: `metagpt.provider
 and their SDKs (Gemini with IPython, ZhiPu, DashScope, Bedrock with botocore ...), `metagpt.actions`
 and `metagpt.roles` every action and role, `metagpt.environment` every game environment, and
 `metagpt.tools.libs` the data-science tools (pandas, scikit-learn, scipy, playwright). The gateway uses
-one role, its two actions and the OpenAI provider; the rest is ~2,800 modules and ~180 MiB per worker.
+two roles, their actions and the OpenAI provider; the rest costs every worker thousands of modules and
+a good part of its memory (bench/PERFORMANCE.md).
 
 A package named here is imported as MetaGPT defines it, minus the eager imports: each name its
 `__init__` would import from a submodule is imported from that submodule on first use (PEP 562

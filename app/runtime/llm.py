@@ -32,7 +32,7 @@ class GatewayLLM(OpenAILLM):
     """MetaGPT's OpenAI provider, as a service needs it.
 
     - Its replies are streamed by the request's greenlet over the worker's keep-alive connections
-      (`app.upstream`), instead of an SDK client built per request (new TLS context, ~23 ms) and an SDK
+      (`app.upstream`), instead of an SDK client built per request (a new TLS context each) and an SDK
       object per chunk, each an asyncio loop iteration away from the client.
     - Its calls go to this request's sink only (a `Call` on its queue): no process-global hook, so no
       cross-talk.

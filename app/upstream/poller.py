@@ -23,6 +23,22 @@ _TARGET_READY = 20
 _STEP = 0.005  # the interval moves in steps of 5 ms: the timer is not restarted for noise
 
 
+def adapt(
+    rate: float | None, ready: int, elapsed: float, shortest: float, longest: float
+) -> tuple[float, float]:
+    """After a tick that found `ready` readable sockets `elapsed` seconds after the one before: the
+    smoothed rate of readable sockets a second (`rate` before it; None from rest), and the interval
+    that would find `_TARGET_READY` at that rate, within [shortest, longest], in steps of `_STEP`."""
+    seen = ready / elapsed if elapsed > 0 else 0.0
+    if rate is None:
+        rate = seen
+    else:  # NOTE: a faster rate counts at once (half weight), a slower one over ~10 ticks: from
+        # the longest interval, a burst of streams is relayed at the shortest within ~0.15 s
+        rate += (0.5 if seen > rate else 0.1) * (seen - rate)
+    wanted = longest if rate <= 0 else _TARGET_READY / rate
+    return rate, min(max(round(wanted / _STEP) * _STEP, shortest), longest)
+
+
 class ReadinessPoller:
     """Wakes the greenlets waiting on upstream sockets in batches, every `interval` seconds or so.
 
@@ -75,17 +91,10 @@ class ReadinessPoller:
                 del self._waiting[fd]
 
     def _adapt(self, ready: int, now: float) -> None:
-        """After a tick that found `ready` readable sockets: the interval that would find
-        `_TARGET_READY` at the rate seen lately, within [interval, longest], in steps of `_STEP`."""
+        """After a tick that found `ready` readable sockets: restart the timer if `adapt` wants
+        another interval."""
         elapsed, self._ticked = now - self._ticked, now
-        rate = ready / elapsed if elapsed > 0 else 0.0
-        if self._rate is None:
-            self._rate = rate
-        else:  # NOTE: a faster rate counts at once (half weight), a slower one over ~10 ticks: from
-            # the longest interval, a burst of streams is relayed at the shortest within ~0.15 s
-            self._rate += (0.5 if rate > self._rate else 0.1) * (rate - self._rate)
-        wanted = self.longest if self._rate <= 0 else _TARGET_READY / self._rate
-        wanted = min(max(round(wanted / _STEP) * _STEP, self.interval), self.longest)
+        self._rate, wanted = adapt(self._rate, ready, elapsed, self.interval, self.longest)
         if abs(wanted - self.current) >= _STEP / 2:
             self._timer.stop()
             self._start(wanted)

@@ -19,27 +19,14 @@ from scripted_llm import script
 from scripted_llm.answerers import teaching_plan
 from tests.metagpt_prompts import (
     HOSTILE_LESSON,
+    TEACHING_PLAN_TOPICS,
     metagpt_teacher,
     outline_prompt,
     section_prompt,
     teacher_prompt,
 )
 
-TOPICS = [
-    "Title",
-    "Teaching Hours",
-    "Teaching Objectives",
-    "Teaching Content",
-    "Teaching Methods and Strategies",
-    "Learning Activities",
-    "Teaching Time Allocation",
-    "Assessment and Feedback",
-    "Teaching Summary and Improvement",
-    "Vocabulary Cloze",
-    "Choice Questions",
-    "Grammar Questions",
-    "Translation Questions",
-]
+TOPICS = TEACHING_PLAN_TOPICS
 PARTS = TOPICS[1:]
 QUESTION_PARTS = ["Vocabulary Cloze", "Choice Questions", "Grammar Questions", "Translation Questions"]
 

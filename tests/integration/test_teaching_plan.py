@@ -12,24 +12,12 @@ import openai
 import pytest
 
 from tests.integration.helpers import metric, split_link, stream_raw
+from tests.metagpt_prompts import TEACHING_PLAN_TOPICS
 
 pytestmark = pytest.mark.integration
 
 MODEL = "write_teaching_plan"
-PARTS = [  # MetaGPT's TeachingPlanBlock.TOPICS after the title
-    "Teaching Hours",
-    "Teaching Objectives",
-    "Teaching Content",
-    "Teaching Methods and Strategies",
-    "Learning Activities",
-    "Teaching Time Allocation",
-    "Assessment and Feedback",
-    "Teaching Summary and Improvement",
-    "Vocabulary Cloze",
-    "Choice Questions",
-    "Grammar Questions",
-    "Translation Questions",
-]
+PARTS = TEACHING_PLAN_TOPICS[1:]
 
 
 def plan(lesson: str, **extra: object) -> dict[str, object]:

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-import time
-
-import gevent
 import pytest
 
 from app.errors import UpstreamError
-from app.upstream import EventDecoder, ReadinessPoller, parse_chunk
+from app.upstream import EventDecoder, parse_chunk
+from app.upstream.poller import adapt
 
 
 @pytest.mark.parametrize(
@@ -71,80 +68,47 @@ def test_parse_chunk_errors(payload, code):
     assert info.value.code == code
 
 
-class _Peers:
-    """Socket pairs read by greenlets through one poller (each read taken in its tick), written from
-    here at a given rate: `got` counts the bytes each reader got."""
+class _Ticks:
+    """The poller's tick on a fake clock: each tick finds the sockets that became readable since the
+    last one and gets the interval `adapt` chose for the next."""
 
-    def __init__(self, poller: ReadinessPoller, count: int) -> None:
-        self.pairs = [socket.socketpair() for _ in range(count)]
-        self.got = [0] * count
-        self.readers = [gevent.spawn(self._read, poller, i) for i in range(count)]
+    def __init__(self, shortest: float = 0.02, longest: float = 0.05) -> None:
+        self.shortest, self.longest = shortest, longest
+        self.rate: float | None = None
+        self.current = shortest  # from rest: the shortest interval, until the rate is known
+        self.clock = 0.0
 
-    def _read(self, poller: ReadinessPoller, i: int) -> None:
-        sock = self.pairs[i][0]
-        sock.setblocking(False)
-
-        def pump() -> str | None:
-            try:
-                data = sock.recv(4096)
-            except BlockingIOError:
-                return None
-            self.got[i] += len(data)
-            return None if data else "closed"
-
-        while poller.wait(sock.fileno(), 30.0, pump) != "closed":
-            pass
-        poller.forget(sock.fileno())
-
-    def write(self, count: int, rate: float, seconds: float) -> int:
-        """One byte to each of the first `count` peers, `rate` times a second, for `seconds`."""
-        sent = 0
-        end = time.monotonic() + seconds
-        while time.monotonic() < end:
-            for _, peer in self.pairs[:count]:
-                peer.send(b"x")
-                sent += 1
-            gevent.sleep(1 / rate)
-        return sent
-
-    def close(self) -> None:
-        for _, peer in self.pairs:
-            peer.close()
-        gevent.joinall(self.readers, timeout=5, raise_error=True)
-        for sock, _ in self.pairs:
-            sock.close()
+    def run(self, streams: int, tokens_per_second: float, seconds: float) -> None:
+        """`streams` streams, each sending `tokens_per_second`, for `seconds` of fake time."""
+        end = self.clock + seconds
+        while self.clock < end:
+            ready = min(streams, round(streams * tokens_per_second * self.current))
+            self.rate, self.current = adapt(self.rate, ready, self.current, self.shortest, self.longest)
+            self.clock += self.current
 
 
-def test_the_poller_relays_less_often_while_few_tokens_arrive_and_at_once_when_many_do():
-    poller = ReadinessPoller(0.02, 0.05)
-    peers = _Peers(poller, 40)
-    try:
-        gevent.sleep(0)
-        assert poller.current == 0.02  # from rest: the shortest interval, until the rate is known
-        gevent.sleep(0.3)
-        assert poller.current == 0.05  # nothing arrives: the fewest wake-ups
-        sent = peers.write(40, 50, 0.5)  # 2,000 tokens/s from 40 streams: all 40 readable each tick
-        assert poller.current == 0.02
-        sent += peers.write(5, 20, 1.5)  # 100 tokens/s from 5 streams: at most 5 readable a tick
-        assert poller.current == 0.05
-        gevent.sleep(0.1)
-        assert sum(peers.got) == sent  # every byte read, in the tick
-        sent += peers.write(40, 50, 0.5)  # the rate jumps: the shortest interval within a few ticks
-        assert poller.current == 0.02
-        gevent.sleep(0.1)
-        assert sum(peers.got) == sent
-    finally:
-        peers.close()
-    assert poller._timer is None  # nothing left to wait on: the timer stopped
+def test_the_relay_interval_lengthens_while_few_tokens_arrive_and_shortens_at_once_when_many_do():
+    ticks = _Ticks()
+    ticks.run(streams=0, tokens_per_second=0, seconds=0.3)
+    assert ticks.current == 0.05  # nothing arrives: the fewest wake-ups
+    ticks.run(streams=40, tokens_per_second=50, seconds=0.5)  # 40 readable each tick
+    assert ticks.current == 0.02
+    ticks.run(streams=5, tokens_per_second=20, seconds=1.5)  # at most 5 readable a tick
+    assert ticks.current == 0.05
+    start = ticks.clock
+    while ticks.current != 0.02:  # the rate jumps: the shortest interval within a few ticks
+        ticks.run(streams=40, tokens_per_second=50, seconds=0.001)
+    assert ticks.clock - start <= 0.15
+
+
+def test_the_interval_finds_about_twenty_readable_sockets_a_tick_between_its_bounds():
+    ticks = _Ticks(0.02, 0.2)
+    ticks.run(streams=25, tokens_per_second=20, seconds=5)  # 500 tokens/s: 20 in 40 ms
+    assert ticks.current == pytest.approx(0.04)
 
 
 def test_a_poller_whose_longest_interval_is_its_shortest_keeps_it():
-    poller = ReadinessPoller(0.02, 0.01)
-    peers = _Peers(poller, 5)
-    try:
-        sent = peers.write(5, 20, 1.0)
-        assert (poller.current, poller.longest) == (0.02, 0.02)
-        gevent.sleep(0.1)
-        assert sum(peers.got) == sent
-    finally:
-        peers.close()
+    ticks = _Ticks(0.02, 0.02)
+    for streams in (0, 5, 40):
+        ticks.run(streams=streams, tokens_per_second=20, seconds=1)
+        assert ticks.current == 0.02
