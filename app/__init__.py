@@ -21,8 +21,10 @@ def create_app(settings: Settings | None = None) -> Flask:
     metagpt_env.configure_logging(settings)
     metagpt_env.cache_models_config()
     from app import services
+    from app.agents.housekeeping import Housekeeping
     from app.agents.registry import build_registry
     from app.api import auth, completions, files, health, models
+    from app.api.links import LinkSigner
     from app.errors import register_error_handlers
     from app.lifecycle import Lifecycle
     from app.metrics import Metrics
@@ -42,7 +44,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.ensure()
     metrics = Metrics()
     metrics.max_generations.set(settings.max_generations_per_worker)
-    authenticator = auth.Authenticator(settings.api_key_list())
+    keys = settings.api_key_list()
+    authenticator = auth.Authenticator(keys)
+    links = None  # without keys a link needs no signature
+    if keys:
+        secret = settings.link_secret.get_secret_value().encode() if settings.link_secret else None
+        ttl = settings.link_ttl_seconds
+        links = LinkSigner(secret, ttl) if secret else LinkSigner.from_keys(keys, ttl)
     services.init_app(
         app,
         services.Services(
@@ -50,14 +58,16 @@ def create_app(settings: Settings | None = None) -> Flask:
             store=store,
             metrics=metrics,
             registry=build_registry(),
+            housekeeping=Housekeeping(settings.housekeeping_patterns),
             runtime=Runtime(settings, store, metrics),
             bridge=AsyncioBridge(),
             lifecycle=Lifecycle(settings.max_generations_per_worker),
             auth=authenticator,
+            links=links,
             openapi=health.load_openapi(),
         ),
     )
-    auth.install(app, authenticator)
+    auth.install(app, authenticator, links)
 
     register_error_handlers(app)
     for module in (completions, models, files, health):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -139,7 +139,13 @@ def register_error_handlers(app: Flask) -> None:
     def _http_error(error: HTTPException) -> Response:
         status = error.code or 500
         type_, code = _HTTP_TYPES.get(status, ("server_error", None))
-        api_error = APIError(error.description or error.name, code=code)
+        message = error.description or error.name
+        if status == 404 and request.path.startswith("/v1/"):
+            message = (
+                f"Unknown API route {request.method} {request.path}. This server implements OpenAI's Chat "
+                "Completions API: POST /v1/chat/completions (GET /v1/models lists the agents)."
+            )
+        api_error = APIError(message, code=code)
         api_error.status, api_error.type = status, type_
         response = error_response(api_error)
         if status == 405 and hasattr(error, "valid_methods") and error.valid_methods:

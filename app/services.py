@@ -12,7 +12,9 @@ from flask import Flask, current_app
 
 if TYPE_CHECKING:
     from app.agents.base import Registry
+    from app.agents.housekeeping import Housekeeping
     from app.api.auth import Authenticator
+    from app.api.links import LinkSigner
     from app.lifecycle import Lifecycle
     from app.metrics import Metrics
     from app.runtime.bridge import AsyncioBridge
@@ -29,10 +31,12 @@ class Services:
     store: FileStore
     metrics: Metrics
     registry: Registry
+    housekeeping: Housekeeping  # what answers chat UIs' own requests instead of an agent
     runtime: Runtime  # MetaGPT's side: LLM configuration, the upstream client
     bridge: AsyncioBridge
     lifecycle: Lifecycle
     auth: Authenticator
+    links: LinkSigner | None  # signs download links when API keys are required
     openapi: dict[str, Any]
 
 

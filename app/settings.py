@@ -21,6 +21,8 @@ class Settings(BaseSettings):
     llm_model: str = "scripted"
     llm_timeout_seconds: float = Field(default=120.0, gt=0, description="read timeout of one LLM call")
     llm_connect_timeout_seconds: float = Field(default=10.0, gt=0)
+    # One LLM call's whole duration: an upstream that drips bytes never trips the read timeout.
+    llm_max_call_seconds: float = Field(default=600.0, gt=0)
     llm_max_tokens: int = Field(default=4096, gt=0)
     # The SDK retries a refused connection or a 5xx before any token was streamed; never mid-stream.
     llm_max_retries: int = Field(default=2, ge=0)
@@ -40,10 +42,17 @@ class Settings(BaseSettings):
     metagpt_log_level: str = "WARNING"  # MetaGPT logs whole replies at INFO
     log_level: str = "INFO"
 
-    # Links and agent options.
+    # Links and agent options. With API keys, download links are signed and expire after this long;
+    # the secret defaults to one derived from the keys (set it to keep links across key rotations).
+    link_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)
+    link_secret: SecretStr | None = None
     public_base_url: str | None = None  # e.g. https://tutorials.example.com; else from forwarded headers
     trusted_proxies: int = Field(default=1, ge=0, description="X-Forwarded-* hops to trust")
     default_language: str = "English"
+    # Chat UIs' housekeeping requests (titles, follow-ups, tags) go to the upstream LLM as they are,
+    # not to an agent: regular expressions matched at the start of the last user message (JSON list
+    # in the environment; [] turns it off). The default is Open WebUI's task prompts.
+    housekeeping_patterns: list[str] = ["### Task:"]
 
     # Streaming.
     heartbeat_seconds: float = Field(default=10.0, gt=0)

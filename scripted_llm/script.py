@@ -10,6 +10,32 @@ Tests steer the stand-in through *directives* embedded in the user's text (a tut
 a teaching plan's lesson), written ``[[key:value]]``, e.g. ``MySQL [[fault:cut]][[after:3]]``.
 The value is percent-decoded, so ``%00`` or ``%5D`` can be expressed; a raw value cannot
 contain ``]]``.
+
+Directives (:data:`KNOWN_DIRECTIVES`):
+
+``[[pace:N]]``
+    tokens per second for this request (0 = no delay), instead of the server's ``--pace``.
+``[[title:T]]``, ``[[sections:N]]``
+    the tutorial's title and number of sections, the teaching plan's title.
+``[[fault:NAME]]``
+    a misbehaviour (:data:`FAULTS`): ``http500``, ``http429``, ``close`` (hang up before answering),
+    ``cut`` / ``stall`` (after ``[[after:N]]`` tokens, default 5; a stall lasts ``[[stall:S]]``
+    seconds, default 30), ``bad_outline`` / ``empty_outline`` (spoilt text), ``drip`` (before the
+    answer, chunks without content, one every ``[[drip_every:S]]`` seconds, default 1, for
+    ``[[stall:S]]`` seconds, default 30).
+``[[fault_at:PHASE]]``
+    which requests the fault hits (:data:`FAULT_PHASES`): ``outline`` (default; the first request of
+    an agent run), ``section`` (every later request), ``housekeeping`` (a chat UI's title,
+    follow-up and tag requests).
+``[[reasoning:MODE]]``
+    answer like a reasoning model (:data:`REASONING_MODES`): ``think`` puts ``<think>...</think>``
+    before the content (Ollama, llama.cpp), ``reasoning_content`` / ``reasoning`` send the thinking
+    as that delta field (vLLM, DeepSeek) or message field before any content.
+``[[think_seconds:S]]``
+    with ``reasoning``, the thinking lasts about S seconds whatever the pace.
+
+The request body's ``max_completion_tokens`` or ``max_tokens`` caps the reply (thinking included),
+which then ends with ``finish_reason: "length"``.
 """
 
 from __future__ import annotations
@@ -18,6 +44,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import unquote
 
 from scripted_llm.answerers import ANSWERERS
@@ -37,6 +64,7 @@ from scripted_llm.answerers.tutorial import (
 )
 
 __all__ = [
+    "DEFAULT_DRIP_EVERY",
     "DEFAULT_FAULT_AFTER",
     "DEFAULT_SECTIONS",
     "DEFAULT_STALL_SECONDS",
@@ -44,6 +72,7 @@ __all__ = [
     "FAULT_PHASES",
     "KNOWN_DIRECTIVES",
     "MAX_SECTIONS",
+    "REASONING_MODES",
     "REFUSAL_TEXT",
     "Fault",
     "Kind",
@@ -59,11 +88,16 @@ __all__ = [
     "extract_topic",
     "fault_for",
     "match",
+    "max_tokens_of",
     "other_text",
     "outline_text",
     "parse_directives",
+    "pieces",
     "plan",
+    "reasoning_mode",
     "section_text",
+    "thinking_text",
+    "token_offsets",
     "tokenize",
 ]
 
@@ -76,15 +110,24 @@ Kind = str
 # still arrive in several chunks, as they would from a real model.
 _TOKEN_RE = re.compile(r"\s*\S{1,12}|\s+")
 
-KNOWN_DIRECTIVES = frozenset({"pace", "title", "sections", "fault", "fault_at", "stall", "after"})
+KNOWN_DIRECTIVES = frozenset(
+    {
+        "pace", "title", "sections", "fault", "fault_at", "stall", "after", "drip_every", "reasoning",
+        "think_seconds",
+    }
+)  # fmt: skip
 
-FAULTS = frozenset({"http500", "http429", "stall", "cut", "bad_outline", "empty_outline", "close"})
-FAULT_PHASES = frozenset({"outline", "section"})
+FAULTS = frozenset({"http500", "http429", "stall", "cut", "bad_outline", "empty_outline", "close", "drip"})
+FAULT_PHASES = frozenset({"outline", "section", "housekeeping"})
+REASONING_MODES = frozenset({"think", "reasoning_content", "reasoning"})
 # Faults that change what is said rather than how it is sent; the answerer writes the spoilt text.
 _CONTENT_FAULTS = frozenset({"bad_outline", "empty_outline"})
 
 DEFAULT_STALL_SECONDS = 30.0
 DEFAULT_FAULT_AFTER = 5
+DEFAULT_DRIP_EVERY = 1.0
+# A drip faster than this would just flood the client.
+_MIN_DRIP_EVERY = 0.01
 
 
 # --------------------------------------------------------------------------- prompts
@@ -136,17 +179,19 @@ def directive_float(directives: Mapping[str, str], key: str, default: float) -> 
 class Fault:
     """A misbehaviour to act out for one request.
 
-    ``after`` is how many content tokens go out before a mid-stream fault (``stall``,
-    ``cut``); ``stall_seconds`` is how long a ``stall`` stays silent.
+    ``after`` is how many tokens (thinking included) go out before a mid-stream fault
+    (``stall``, ``cut``); ``stall_seconds`` is how long a ``stall`` stays silent or a ``drip``
+    drips, ``drip_every`` the seconds between two drip chunks.
     """
 
     name: str
     after: int = DEFAULT_FAULT_AFTER
     stall_seconds: float = DEFAULT_STALL_SECONDS
+    drip_every: float = DEFAULT_DRIP_EVERY
 
 
 def fault_for(phase: str, directives: Mapping[str, str]) -> Fault | None:
-    """The fault a request of this phase (``outline`` or ``section``) must act out, if any.
+    """The fault a request of this phase (``outline``, ``section``, ``housekeeping``) must act out.
 
     A fault hits only the phase named by ``fault_at`` (``outline`` by default), and with
     ``fault_at:section`` it hits every section request of that topic.  Unknown fault names
@@ -162,7 +207,23 @@ def fault_for(phase: str, directives: Mapping[str, str]) -> Fault | None:
         name=name,
         after=directive_int(directives, "after", DEFAULT_FAULT_AFTER),
         stall_seconds=directive_float(directives, "stall", DEFAULT_STALL_SECONDS),
+        drip_every=max(directive_float(directives, "drip_every", DEFAULT_DRIP_EVERY), _MIN_DRIP_EVERY),
     )
+
+
+def reasoning_mode(directives: Mapping[str, str]) -> str | None:
+    """The ``reasoning`` directive's mode when it is one of :data:`REASONING_MODES`, else None."""
+    mode = directives.get("reasoning", "").strip().lower()
+    return mode if mode in REASONING_MODES else None
+
+
+def max_tokens_of(body: Mapping[str, Any]) -> int | None:
+    """The reply's token cap: ``max_completion_tokens``, else ``max_tokens``; None if neither is >= 1."""
+    for key in ("max_completion_tokens", "max_tokens"):
+        value = body.get(key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            return value
+    return None
 
 
 # --------------------------------------------------------------------------- answers
@@ -170,7 +231,12 @@ def fault_for(phase: str, directives: Mapping[str, str]) -> Fault | None:
 
 @dataclass(frozen=True)
 class Plan:
-    """What one chat request will get: text, pace, fault, plus what the journal shows."""
+    """What one chat request will get: text, pace, fault, plus what the journal shows.
+
+    ``reasoning`` is the reasoning mode (None: a plain model) and ``thinking`` what the model
+    "thinks" before answering ``text``; ``think_seconds`` how long the thinking lasts (None: paced
+    like the answer).  ``task`` is the housekeeping task, if the request is one.
+    """
 
     kind: Kind
     topic: str | None
@@ -179,6 +245,10 @@ class Plan:
     pace: float
     fault: Fault | None
     directives: Mapping[str, str]
+    task: str | None = None
+    reasoning: str | None = None
+    thinking: str = ""
+    think_seconds: float | None = None
 
 
 def plan(prompt: str, default_pace: float) -> Plan:
@@ -193,7 +263,79 @@ def plan(prompt: str, default_pace: float) -> Plan:
     else:
         text = found.write(topic or "", directives)
     pace = directive_float(directives, "pace", default_pace)
-    return Plan(found.kind, topic, found.language, text, pace, fault, directives)
+    reasoning = reasoning_mode(directives)
+    thinking = thinking_text(found.kind, topic or "") if reasoning else ""
+    think_seconds = directive_float(directives, "think_seconds", -1.0) if reasoning else -1.0
+    return Plan(
+        found.kind,
+        topic,
+        found.language,
+        text,
+        pace,
+        fault,
+        directives,
+        task=found.task,
+        reasoning=reasoning,
+        thinking=thinking,
+        think_seconds=think_seconds if think_seconds >= 0 else None,
+    )
+
+
+_THINKING_TOPIC_CHARS = 80
+
+
+def thinking_text(kind: Kind, topic: str) -> str:
+    """What a reasoning model "thinks" before answering: it names the topic and quotes JSON.
+
+    The braces and quotes are on purpose: tests use them to prove that the thinking never
+    reaches a JSON parser (MetaGPT's, a chat UI's).
+    """
+    subject = " ".join(topic.split())[:_THINKING_TOPIC_CHARS] or "this request"
+    return (
+        f'Okay, the user wants a {kind} answer about "{subject}". '
+        f'I could answer {{"title": "x"}} right away, but let me think about it first. '
+        f"What matters most for {subject}? The answer must keep the exact format the prompt asks for, "
+        f"so no extra text around it. Right, I am ready to answer."
+    )
+
+
+def pieces(plan: Plan) -> tuple[list[tuple[str, str]], int]:
+    """The reply as ``(delta field, token)`` in sending order, and how many of them are thinking.
+
+    The field is ``content``, or the reasoning mode's field (``reasoning_content``,
+    ``reasoning``) for thinking sent apart; in ``think`` mode the thinking is content inside
+    ``<think>`` tags.  Joining the content tokens gives the message's content.
+    """
+    answer = [("content", token) for token in tokenize(plan.text)]
+    if plan.reasoning is None:
+        return answer, 0
+    if plan.reasoning == "think":
+        thinking = [("content", t) for t in tokenize(f"<think>\n{plan.thinking}\n</think>\n\n")]
+    else:
+        thinking = [(plan.reasoning, t) for t in tokenize(plan.thinking)]
+    return thinking + answer, len(thinking)
+
+
+def token_offsets(count: int, thinking: int, pace: float, think_seconds: float | None) -> list[float]:
+    """When each of ``count`` tokens is due, in seconds from the first (0 = no delay).
+
+    The first ``thinking`` tokens are spread evenly over ``think_seconds`` when it is set;
+    otherwise every token takes ``1 / pace`` (nothing when ``pace`` is 0).
+    """
+    offsets: list[float] = []
+    spread = think_seconds is not None and thinking > 0
+    base = 0.0
+    for index in range(count):
+        if spread and index < thinking:
+            assert think_seconds is not None
+            offsets.append(think_seconds * (index + 1) / thinking)
+            continue
+        if spread:
+            base, step = float(think_seconds or 0.0), index - thinking + 1
+        else:
+            step = index + 1
+        offsets.append(base + step / pace if pace > 0 else base)
+    return offsets
 
 
 def other_text(prompt: str) -> str:

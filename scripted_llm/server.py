@@ -123,7 +123,16 @@ def _plan(prompt: str, default_pace: float) -> script.Plan:
         log.warning("ignoring unknown directives %s", sorted(unknown))
     if "fault" in plan.directives and plan.directives["fault"].strip().lower() not in script.FAULTS:
         log.warning("ignoring unknown fault %r", plan.directives["fault"])
+    if "reasoning" in plan.directives and plan.reasoning is None:
+        log.warning("ignoring unknown reasoning mode %r", plan.directives["reasoning"])
     return plan
+
+
+# What a drip fault sends instead of content: alternately an empty delta and a tool call fragment.
+_DRIP_DELTAS: tuple[dict[str, Any], ...] = (
+    {},
+    {"tool_calls": [{"index": 0, "function": {"arguments": ""}}]},
+)
 
 
 class _Completion:
@@ -143,7 +152,14 @@ class _Completion:
         prompt = users[-1] if users else "\n".join(text for _, text in texts)
         self.prompt_tokens = sum(len(script.tokenize(text)) for _, text in texts)
         self.plan = _plan(prompt, self.state.pace)
-        self.tokens = script.tokenize(self.plan.text)
+        # (delta field, token) for thinking then answer, cut to the request's max_tokens.
+        pieces, thinking = script.pieces(self.plan)
+        self.max_tokens = script.max_tokens_of(body)
+        limit = len(pieces) if self.max_tokens is None else min(self.max_tokens, len(pieces))
+        self.finish_reason = "length" if limit < len(pieces) else "stop"
+        self.pieces = pieces[:limit]
+        self.thinking = min(thinking, limit)
+        self.offsets = script.token_offsets(limit, thinking, self.plan.pace, self.plan.think_seconds)
         self.entry: dict[str, Any] = {
             "id": self.id,
             "kind": self.plan.kind,
@@ -159,6 +175,12 @@ class _Completion:
             "fault": self.plan.fault.name if self.plan.fault else None,
             "language": self.plan.language,
             "temperature": body.get("temperature"),
+            "task": self.plan.task,
+            "reasoning": self.plan.reasoning,
+            "reasoning_tokens": self.thinking,
+            "max_tokens": self.max_tokens,
+            "finish_reason": None,
+            "drip_chunks": 0,
         }
         self.state.journal.append(self.entry)
 
@@ -176,12 +198,15 @@ class _Completion:
                 self.plan.topic,
             )
 
-    def usage(self, completion_tokens: int) -> dict[str, int]:
-        return {
+    def usage(self, completion_tokens: int) -> dict[str, Any]:
+        usage: dict[str, Any] = {
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": completion_tokens,
             "total_tokens": self.prompt_tokens + completion_tokens,
         }
+        if self.plan.reasoning is not None:
+            usage["completion_tokens_details"] = {"reasoning_tokens": self.thinking}
+        return usage
 
     async def respond(self) -> web.StreamResponse:
         """Answer the request, turning hang-ups and cancellation into journal outcomes."""
@@ -242,21 +267,26 @@ class _Completion:
         if early is not None:
             return early
         fault = self.plan.fault
-        pace = self.plan.pace
+        total = self.offsets[-1] if self.offsets else 0.0
         if fault is not None and fault.name in ("stall", "cut"):
-            if pace > 0:
-                await _sleep(self.request, min(fault.after, len(self.tokens)) / pace)
+            before = min(fault.after, len(self.pieces))
+            elapsed = self.offsets[before - 1] if before else 0.0
+            await _sleep(self.request, elapsed)
             if fault.name == "cut":
                 return self._abort("cut")
             await _sleep(self.request, fault.stall_seconds)
-            remaining = max(len(self.tokens) - fault.after, 0)
-            if pace > 0:
-                await _sleep(self.request, remaining / pace)
-        elif pace > 0:
-            await _sleep(self.request, len(self.tokens) / pace)
+            await _sleep(self.request, total - elapsed)
+        else:
+            if fault is not None and fault.name == "drip":
+                # Nothing to drip without a stream: the model is just that much slower.
+                await _sleep(self.request, fault.stall_seconds)
+            await _sleep(self.request, total)
         if _client_gone(self.request):
             raise _ClientGone
-        self.entry["tokens_sent"] = len(self.tokens)
+        self.entry["tokens_sent"] = len(self.pieces)
+        message: dict[str, Any] = {"role": "assistant", "content": self._joined("content")}
+        if self.plan.reasoning in ("reasoning_content", "reasoning"):
+            message[self.plan.reasoning] = self._joined(self.plan.reasoning)
         body = {
             "id": self.id,
             "object": "chat.completion",
@@ -266,15 +296,19 @@ class _Completion:
             "choices": [
                 {
                     "index": 0,
-                    "message": {"role": "assistant", "content": self.plan.text},
+                    "message": message,
                     "logprobs": None,
-                    "finish_reason": "stop",
+                    "finish_reason": self.finish_reason,
                 }
             ],
-            "usage": self.usage(len(self.tokens)),
+            "usage": self.usage(len(self.pieces)),
         }
+        self.entry["finish_reason"] = self.finish_reason
         self.finish(self._fault_outcome())
         return _json_response(body)
+
+    def _joined(self, field_name: str) -> str:
+        return "".join(token for name, token in self.pieces if name == field_name)
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
         chunk: dict[str, Any] = {
@@ -312,39 +346,52 @@ class _Completion:
         await self._send(response, _dumps(self._chunk({"role": "assistant", "content": ""})))
 
         fault = self.plan.fault
-        pace = self.plan.pace
         loop = asyncio.get_running_loop()
+        if fault is not None and fault.name == "drip":
+            await self._drip(response, fault)
         started = loop.time()
-        for index, token in enumerate(self.tokens):
+        for index, (field_name, token) in enumerate(self.pieces):
             if fault is not None and index == fault.after:
                 if fault.name == "cut":
                     return self._abort("cut")
                 if fault.name == "stall":
                     await _sleep(self.request, fault.stall_seconds)
                     started += fault.stall_seconds
-            if pace > 0:
+            if self.offsets[index] > 0:
                 # Schedule against the start time so per-token overhead does not add up.
-                await _sleep(self.request, started + (index + 1) / pace - loop.time())
+                await _sleep(self.request, started + self.offsets[index] - loop.time())
             elif index % _YIELD_EVERY == _YIELD_EVERY - 1:
                 await asyncio.sleep(0)
             if index == 0:
                 self.entry["first_token_at"] = time.time()
-            await self._send(response, _dumps(self._chunk({"content": token})))
+            await self._send(response, _dumps(self._chunk({field_name: token})))
             self.entry["tokens_sent"] = index + 1
         if fault is not None and fault.name == "cut":
             # Fewer tokens than `after`: still cut, right before the end of the stream.
             return self._abort("cut")
 
-        await self._send(response, _dumps(self._chunk({}, "stop")))
+        await self._send(response, _dumps(self._chunk({}, self.finish_reason)))
+        self.entry["finish_reason"] = self.finish_reason
         if self._include_usage:
             usage_chunk = self._chunk({})
             usage_chunk["choices"] = []
-            usage_chunk["usage"] = self.usage(len(self.tokens))
+            usage_chunk["usage"] = self.usage(len(self.pieces))
             await self._send(response, _dumps(usage_chunk))
         await self._send(response, "[DONE]")
         await response.write_eof()
         self.finish(self._fault_outcome())
         return response
+
+    async def _drip(self, response: web.StreamResponse, fault: script.Fault) -> None:
+        """Keep the stream busy without content: one chunk every ``drip_every`` s for ``stall`` s."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        count = int(fault.stall_seconds / fault.drip_every + 1e-9)
+        for index in range(count):
+            await _sleep(self.request, started + (index + 1) * fault.drip_every - loop.time())
+            await self._send(response, _dumps(self._chunk(_DRIP_DELTAS[index % len(_DRIP_DELTAS)])))
+            self.entry["drip_chunks"] = index + 1
+        await _sleep(self.request, started + fault.stall_seconds - loop.time())
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -365,6 +412,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
                 "tokens_sent": 0,
                 "stream": False,
                 "fault": None,
+                "task": None,
+                "reasoning": None,
+                "max_tokens": None,
+                "finish_reason": None,
             }
         )
         message = "Request body must be a JSON object with a 'messages' list."

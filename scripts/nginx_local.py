@@ -50,6 +50,10 @@ def prepare(
         "NGINX_PORT": listen,
         "NGINX_STATUS_PORT": status_listen,
         "TUTORIALS_DIR": str(tutorials_dir.resolve()),
+        # The app's generation limit (whole seconds), which nginx outwaits for a non-streaming answer.
+        "GATEWAY_MAX_GENERATION_SECONDS": str(
+            int(float(os.environ.get("GATEWAY_MAX_GENERATION_SECONDS", "900")))
+        ),
         **DEFAULT_LIMITS,
         **(limits or {}),
     }

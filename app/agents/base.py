@@ -34,6 +34,8 @@ class AgentRequest:
     topic: str  # the last user message's text: a tutorial's topic, a lesson's text
     language: str
     temperature: float | None = None
+    messages: tuple[dict[str, str], ...] = ()  # the whole conversation, as text
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -100,8 +102,9 @@ class Agent(ABC):
     created: ClassVar[int] = 1_700_000_000
 
     @abstractmethod
-    async def run(self, request: AgentRequest, sink: Sink, runtime: Runtime) -> Artifact:
-        """Run the role for `request`, its LLM calls streamed through `sink`; the file to publish."""
+    async def run(self, request: AgentRequest, sink: Sink, runtime: Runtime) -> Artifact | None:
+        """Run the role for `request`, its LLM calls streamed through `sink`; the file to publish
+        (None: the answer is the streamed text alone)."""
 
 
 @dataclass

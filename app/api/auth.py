@@ -5,10 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+from urllib.parse import unquote, urlsplit
 
 from flask import Flask, request
 
+from app.api.links import LinkSigner
 from app.errors import Unauthorized
+from app.storage import is_valid_name
 
 # Open whatever the keys: probes, Prometheus (never routed through the public nginx server).
 OPEN_ENDPOINTS = {"health.healthz", "health.readyz", "health.metrics", "health.openapi"}
@@ -34,7 +37,22 @@ class Authenticator:
         return found and scheme.lower() == "bearer"
 
 
-def install(app: Flask, authenticator: Authenticator) -> None:
+def _signed_download(links: LinkSigner) -> bool:
+    """Whether the request is a download by a valid signed link: the app's own download route, or
+    nginx asking (`/auth/check`) about the URI it is about to serve (`X-Original-URI`)."""
+    if request.endpoint == "files.download":
+        name, query = request.view_args["name"] if request.view_args else "", request.query_string.decode()
+    elif request.endpoint == "files.auth_check":
+        uri = urlsplit(request.headers.get("X-Original-URI", ""))
+        if not uri.path.startswith("/download/"):
+            return False
+        name, query = unquote(uri.path.removeprefix("/download/")), uri.query
+    else:
+        return False
+    return is_valid_name(name) and links.accepts(name, query)
+
+
+def install(app: Flask, authenticator: Authenticator, links: LinkSigner | None = None) -> None:
     if not authenticator.enabled:
         # Serving without keys is a choice the operator must see (issue 16), not a silent default.
         logging.getLogger(__name__).warning(
@@ -46,8 +64,12 @@ def install(app: Flask, authenticator: Authenticator) -> None:
     def _require_key() -> None:
         if request.endpoint in OPEN_ENDPOINTS:
             return
-        if not authenticator.accepts(request.headers.get("Authorization")):
-            raise Unauthorized(
-                "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'.",
-                headers={"WWW-Authenticate": 'Bearer realm="metagpt-gateway"'},
-            )
+        if authenticator.accepts(request.headers.get("Authorization")):
+            return
+        if links is not None and _signed_download(links):
+            return
+        raise Unauthorized(
+            "Incorrect or missing API key. Send it as 'Authorization: Bearer <key>'"
+            + (", or use the download link as it was given (it may have expired)." if links else "."),
+            headers={"WWW-Authenticate": 'Bearer realm="metagpt-gateway"'},
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
@@ -14,11 +15,11 @@ from app.api import sse
 from app.api.protocol import ChatCompletionRequest, Completion, file_link, parse_request
 from app.errors import APIError, InvalidRequest, ModelNotFound, UnsupportedMediaType
 from app.generation.body import stream
-from app.generation.job import Failed, Generation, collect
+from app.generation.job import ClientGone, Failed, Generation, collect
 from app.metrics import OTHER_MODEL
 from app.services import services
 from app.settings import Settings
-from app.transport.socket_body import SocketBody
+from app.transport.socket_body import SocketBody, hang_up_check
 
 bp = Blueprint("completions", __name__)
 
@@ -72,6 +73,17 @@ def _agent_request(body: ChatCompletionRequest, settings: Settings) -> AgentRequ
     )
 
 
+# The roles an upstream chat completion accepts without more fields (tool results need their call).
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _passed_on(body: ChatCompletionRequest, agent_request: AgentRequest) -> AgentRequest:
+    """The request as the upstream LLM gets it: the conversation's text, and the client's max_tokens."""
+    messages = tuple({"role": _ROLES[m.role], "content": m.text()} for m in body.messages if m.role in _ROLES)
+    max_tokens = body.max_completion_tokens or body.max_tokens
+    return replace(agent_request, messages=messages, max_tokens=max_tokens)
+
+
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     started = time.monotonic()
@@ -82,8 +94,10 @@ def chat_completions() -> Response:
     agent = svc.registry.get(body.model)
     if agent is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
-    g.metrics_model = agent.id
     agent_request = _agent_request(body, settings)
+    if svc.housekeeping.recognises(agent_request.topic):
+        agent, agent_request = svc.housekeeping, _passed_on(body, agent_request)
+    g.metrics_model = agent.id
     base_url = _base_url()
     try:
         lifecycle.admit()
@@ -105,8 +119,11 @@ def chat_completions() -> Response:
     )
 
     if not body.stream:
-        content, reasoning, result = collect(generation)
-        link = file_link(result, base_url)
+        try:
+            content, reasoning, result = collect(generation, hang_up_check(request.environ))
+        except ClientGone:
+            return Response(status=499)  # nginx's "client closed request": nobody reads it
+        link = file_link(result, base_url, svc.links)
         if link is not None:
             content += link.link_markdown()
         response = jsonify(completion.whole(content, reasoning, result.usage, link))
@@ -119,7 +136,12 @@ def chat_completions() -> Response:
         generation.close("failed")
         raise first.error
     body_iter = stream(
-        generation, completion, base_url, settings.heartbeat_seconds, SocketBody.of(request.environ)
+        generation,
+        completion,
+        base_url,
+        settings.heartbeat_seconds,
+        SocketBody.of(request.environ),
+        links=svc.links,
     )
     # direct_passthrough: gunicorn iterates the generator itself (werkzeug would wrap it twice per event).
     return Response(body_iter, status=200, headers=sse.HEADERS, direct_passthrough=True)

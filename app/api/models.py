@@ -13,7 +13,7 @@ bp = Blueprint("models", __name__)
 
 @bp.get("/v1/models")
 def list_models() -> Response:
-    data = [model_object(agent.id, agent.created, agent.owned_by) for agent in services().registry]
+    data = [model_object(agent) for agent in services().registry]
     return jsonify({"object": "list", "data": data})
 
 
@@ -22,4 +22,4 @@ def get_model(model_id: str) -> Response:
     agent = services().registry.get(model_id)
     if agent is None:
         raise ModelNotFound(f"The model '{model_id}' does not exist.", param="model")
-    return jsonify(model_object(agent.id, agent.created, agent.owned_by))
+    return jsonify(model_object(agent))

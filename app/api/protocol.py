@@ -17,7 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, Valida
 from app.errors import InvalidRequest
 
 if TYPE_CHECKING:
-    from app.agents.base import AgentResult
+    from app.agents.base import Agent, AgentResult
+    from app.api.links import LinkSigner
 
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 # Content part types OpenAI defines; only text feeds an agent, the others are accepted and skipped.
@@ -60,6 +61,10 @@ class ChatCompletionRequest(BaseModel):
     stream: StrictBool | None = False
     stream_options: StreamOptions | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
+    # Honoured by requests passed to the upstream LLM as they are (chat UIs' housekeeping); an agent's
+    # calls use GATEWAY_LLM_MAX_TOKENS each.
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
     # extension: the language the agent writes in (MetaGPT's own default is Chinese).
     language: StrictStr | None = Field(default=None, min_length=1, max_length=64)
 
@@ -122,12 +127,15 @@ class FileLink:
         return f"\n\n---\n\n[Download {self.name}]({self.url})\n"
 
 
-def file_link(result: AgentResult, base_url: str) -> FileLink | None:
-    """Where the client downloads the file of `result` (`GET /download/<name>`), if it has one."""
+def file_link(result: AgentResult, base_url: str, links: LinkSigner | None = None) -> FileLink | None:
+    """Where the client downloads the file of `result` (`GET /download/<name>`), if it has one; with
+    `links`, signed so that it opens without the API key."""
     f = result.file
     if f is None:
         return None
     url = f"{base_url}/download/{quote(f.name)}"
+    if links is not None:
+        url += "?" + links.query(f.name)
     return FileLink(name=f.name, url=url, bytes=f.bytes, title=f.title, media_type=f.media_type, kind=f.kind)
 
 
@@ -200,5 +208,13 @@ class Completion:
         return body
 
 
-def model_object(model_id: str, created: int, owned_by: str) -> dict[str, Any]:
-    return {"id": model_id, "object": "model", "created": created, "owned_by": owned_by}
+def model_object(agent: Agent) -> dict[str, Any]:
+    """An agent as OpenAI's model object, with `name` and `description` (chat UIs show the name)."""
+    return {
+        "id": agent.id,
+        "object": "model",
+        "created": agent.created,
+        "owned_by": agent.owned_by,
+        "name": agent.name,
+        "description": agent.description,
+    }

@@ -13,6 +13,7 @@ from collections.abc import Generator, Iterator
 
 from app.agents.base import Kind
 from app.api import sse
+from app.api.links import LinkSigner
 from app.api.protocol import Completion, file_link
 from app.generation.job import Finished, Generation, Token
 from app.metrics import Batched
@@ -27,6 +28,7 @@ def _events(
     heartbeat: float,
     status: list[str],
     direct: tuple[SocketBody, Batched] | None,
+    links: LinkSigner | None,
 ) -> Generator[bytes, None, None]:
     """The SSE body as a sequence of events; `status[0]` says how it ended. With `direct` (the body
     and the streamed-bytes counter), tokens after the first go from the poller's tick to the body."""
@@ -55,7 +57,7 @@ def _events(
                 tokens[event.kind].add(event.count)
                 yield frames[event.kind](event.text)
             elif isinstance(event, Finished):
-                link = file_link(event.result, base_url)
+                link = file_link(event.result, base_url, links)
                 extra = {}
                 if link is not None:
                     yield sse.data(completion.chunk({"content": link.link_markdown()}))
@@ -81,6 +83,7 @@ def stream(
     base_url: str,
     heartbeat: float,
     body: SocketBody | None = None,
+    links: LinkSigner | None = None,
 ) -> Iterator[bytes]:
     """The SSE body. Headers are already decided; from here an error is an event, then [DONE].
 
@@ -94,7 +97,7 @@ def stream(
     status = ["cancelled"]
     written = Batched(metrics.streamed_bytes.labels(model))
     direct = None if body is None else (body, written)
-    events = _events(generation, completion, base_url, heartbeat, status, direct)
+    events = _events(generation, completion, base_url, heartbeat, status, direct, links)
     try:
         if body is None:
             pending = 0

@@ -87,6 +87,8 @@ class Generation:
         # both run on the worker's one thread, so a plain gevent queue is safe and wakes the reader.
         self._events: gevent.queue.Queue[Event | Call] = gevent.queue.Queue()
         self._pending: Event | None = None
+        self._queued: Token | None = None  # the content token of a read that also had reasoning
+        self._sent_at = started  # when the client was last sent something (heartbeats count from it)
         self._closed = False
         self._call: Call | None = None  # the LLM call being relayed
         self._direct: DirectRelay | None = None
@@ -102,7 +104,10 @@ class Generation:
         try:
             async with asyncio.timeout(self.max_seconds):
                 artifact = await agent.run(request, sink, runtime)
-                result = await runtime.publish(agent, artifact, sink)
+                if artifact is None:
+                    result = AgentResult(usage=sink.usage)
+                else:
+                    result = await runtime.publish(agent, artifact, sink)
         except asyncio.CancelledError:
             raise
         except TimeoutError:
@@ -140,9 +145,12 @@ class Generation:
         if self._pending is not None:
             event, self._pending = self._pending, None
             return event
-        since = time.monotonic()
+        if self._queued is not None:
+            queued, self._queued = self._queued, None
+            return queued
+        self._sent_at = time.monotonic()  # the caller has just sent what the last call returned
         while True:
-            wait = None if timeout is None else timeout - (time.monotonic() - since)
+            wait = None if timeout is None else timeout - (time.monotonic() - self._sent_at)
             call = self._call
             if call is None:
                 try:
@@ -157,8 +165,7 @@ class Generation:
                 call.stream = self._client.stream(call.payload)
             assert call.stream is not None
             if self._direct is not None and timeout is not None and call.stream.steady:
-                token = self._relay(call, call.stream.pump, since, timeout, self._pumped)
-                since = time.monotonic()  # the client got tokens meanwhile, or the call moved on
+                token = self._relay(call, call.stream.pump, self._idle_since, timeout, self._pumped)
             else:
                 token = self._relay(call, call.stream.read, wait)
             if token is _SILENT:
@@ -166,16 +173,20 @@ class Generation:
             if token is not None:
                 return token  # type: ignore[return-value]
 
+    def _idle_since(self) -> float:
+        return self._sent_at
+
     def _pumped(self, read: Read) -> Any:
         """In the poller's tick: relay a plain token straight to the client (None: done, sleep on);
         anything else wakes the reader with it (`_relay` deals with it there)."""
         call = self._call
-        if call is None or read.usage is not None or call.stream.finished:  # type: ignore[union-attr]
+        if call is None or read.usage is not None or read.reasoning or call.stream.finished:  # type: ignore[union-attr]
             return read
-        if not read.text:  # a chunk without content (a role, an empty delta)
+        if not read.text:  # a chunk without content (a role, an empty delta, a tool call)
             return None
         call.parts.append(read.text)
         self._sink.relayed(call.kind, read.text)
+        self._sent_at = time.monotonic()
         if self._direct.now(call.kind, read.text, read.tokens):  # type: ignore[union-attr]
             return None
         return _FLUSH
@@ -202,10 +213,17 @@ class Generation:
         if read.usage is not None:
             call.usage = read.usage
         token = None
+        if read.reasoning:  # the model's thinking: shown to the client, never part of the reply
+            token = Token("reasoning", read.reasoning)
         if read.text:
             call.parts.append(read.text)
             self._sink.relayed(call.kind, read.text)
-            token = Token(call.kind, read.text, read.tokens)
+            if token is None:
+                token = Token(call.kind, read.text, read.tokens)
+            elif call.kind == "reasoning":
+                token = Token("reasoning", read.reasoning + read.text, read.tokens + 1)
+            else:
+                self._queued = Token(call.kind, read.text, read.tokens)
         if call.stream.finished:  # type: ignore[union-attr]  # MetaGPT goes on; this token is sent first
             self._call = None
             call.settle()
@@ -237,14 +255,31 @@ class Generation:
             self.metrics.generation_duration.labels(self.model, outcome).observe(elapsed)
 
 
-def collect(generation: Generation) -> tuple[str, str, AgentResult]:
-    """Run to the end (non-streaming): the whole content, the whole reasoning, and the result."""
+class ClientGone(Exception):
+    """The client of a non-streaming request hung up: its generation was cancelled."""
+
+
+# How often a non-streaming request looks at its client's connection: it is cancelled within this.
+CLIENT_CHECK_SECONDS = 1.0
+
+
+def collect(generation: Generation, gone: Callable[[], bool] | None = None) -> tuple[str, str, AgentResult]:
+    """Run to the end (non-streaming): the whole content, the whole reasoning, and the result. With
+    `gone`, the client's connection is looked at every `CLIENT_CHECK_SECONDS`: once it has hung up,
+    the generation is cancelled like an abandoned stream and `ClientGone` is raised."""
     parts: dict[Kind, list[str]] = {"content": [], "reasoning": []}
     tokens = generation.metrics.streamed_tokens
     outcome = "cancelled"
+    timeout = None if gone is None else CLIENT_CHECK_SECONDS
+    checked = time.monotonic()
     try:
         while True:
-            event = generation.next(timeout=None)
+            event = generation.next(timeout=timeout)
+            if gone is not None and (event is None or time.monotonic() - checked >= CLIENT_CHECK_SECONDS):
+                checked = time.monotonic()
+                if gone():
+                    generation.metrics.client_disconnects.labels(generation.model).inc()
+                    raise ClientGone
             if isinstance(event, Token):
                 parts[event.kind].append(event.text)
                 tokens.labels(generation.model, event.kind).inc(event.count)

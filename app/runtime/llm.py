@@ -88,6 +88,10 @@ class GatewayLLM(OpenAILLM):
     async def gen_image(self, *args: Any, **kwargs: Any) -> Any:
         raise _unsupported("image generation")
 
+    async def chat(self, messages: list[dict]) -> str:
+        """One chat completion of `messages` as they are, relayed like every call."""
+        return await self._achat_completion_stream(messages)
+
     async def acompletion_text(self, messages: list[dict], stream: bool = False, timeout: int = 0) -> str:
         # Every MetaGPT call goes through the stream: one code path for tokens, usage and metrics.
         return await self._achat_completion_stream(messages)
@@ -159,6 +163,7 @@ class Runtime:
             retries=settings.llm_max_retries,
             poll_interval=settings.relay_interval_ms / 1000,
             longest_poll_interval=settings.relay_max_interval_ms / 1000,
+            max_call_seconds=settings.llm_max_call_seconds,
         )
 
     def context(self) -> Context:
@@ -168,10 +173,15 @@ class Runtime:
             config=self.config, cost_manager=CostManager(token_costs=TOKEN_COSTS), kwargs=AttrDict()
         )
 
-    def llm(self, sink: Sink, temperature: float | None) -> GatewayLLM:
+    def llm(self, sink: Sink, temperature: float | None, max_tokens: int | None = None) -> GatewayLLM:
         config = self.llm_config
+        update: dict[str, Any] = {}
         if temperature is not None:
-            config = config.model_copy(update={"temperature": temperature})
+            update["temperature"] = temperature
+        if max_tokens is not None:
+            update["max_token"] = max_tokens
+        if update:
+            config = config.model_copy(update=update)
         return GatewayLLM(config, sink, self.metrics)
 
     async def publish(self, agent: Agent, artifact: Artifact, sink: Sink) -> AgentResult:

@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import gevent.socket
 
 SOCKET_BODY_KEY = "gateway.socket_body"  # set by app.transport.worker: the app may write HTTP/1.x itself
+
+
+def hang_up_check(environ: dict[str, Any]) -> Callable[[], bool] | None:
+    """For a request on the gateway's gunicorn worker: a check of whether its client has hung up
+    (the connection reads as closed; bytes of a next request mean it is still there). None elsewhere."""
+    sock = environ.get("gunicorn.socket")
+    if not environ.get(SOCKET_BODY_KEY) or not isinstance(sock, gevent.socket.socket):
+        return None
+    raw = sock._sock  # non-blocking: gevent's own recv would wait for a byte
+
+    def gone() -> bool:
+        try:
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:  # reset
+            return True
+
+    return gone
 
 
 class SocketBody:

@@ -51,6 +51,7 @@ class UpstreamClient:
         retries: int,
         poll_interval: float = 0.02,
         longest_poll_interval: float | None = None,
+        max_call_seconds: float = 600.0,
     ) -> None:
         self.poller = ReadinessPoller(poll_interval, longest_poll_interval)
         url = urlsplit(base_url)
@@ -67,6 +68,7 @@ class UpstreamClient:
             "User-Agent: metagpt-agent-gateway\r\nContent-Length: "
         ).encode("latin-1")
         self.read_timeout = read_timeout
+        self.max_call_seconds = max_call_seconds
         self._connect_timeout = connect_timeout
         self.retries = retries
         self._idle: list[_Connection] = []

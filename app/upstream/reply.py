@@ -16,12 +16,14 @@ from typing import Any, Protocol
 @dataclass(slots=True)
 class Read:
     """What one read of the reply brought: its content text (maybe empty), how many chunks had
-    content, the usage (on the last), and whether the upstream was merely silent."""
+    content, the usage (on the last), whether the upstream was merely silent, and the model's
+    thinking text (a reasoning model's, never part of the reply MetaGPT gets)."""
 
     text: str = ""
     tokens: int = 0
     usage: dict[str, Any] | None = None
     silent: bool = False
+    reasoning: str = ""
 
 
 SILENT = Read(silent=True)
@@ -45,9 +47,10 @@ class ReplyStream(Protocol):
         """What arrived within `wait` seconds (None: no limit); `SILENT` when nothing did."""
         ...
 
-    def pump(self, since: float, wait: float, take: Callable[[Read], Any]) -> Any:
+    def pump(self, idle_since: Callable[[], float], wait: float, take: Callable[[Read], Any]) -> Any:
         """Like `read`, but each read is handed to `take` in the hub; returns the first result of
-        `take` that is not None, or `SILENT` after `wait` seconds without a byte since `since`."""
+        `take` that is not None, or `SILENT` once `wait` seconds passed since `idle_since()` (when the
+        client was last sent something)."""
         ...
 
     def close(self) -> None:

@@ -24,6 +24,7 @@ from app.errors import UpstreamError
 from app.upstream.chunk import parse_chunk
 from app.upstream.decoder import EventDecoder
 from app.upstream.reply import SILENT, Read
+from app.upstream.think import ThinkSplitter
 
 if TYPE_CHECKING:
     from app.upstream.client import UpstreamClient, _Connection
@@ -87,8 +88,10 @@ class UpstreamStream:
         self._parser: Any = None
         self._response = _Response()
         self._decoder = EventDecoder()
+        self._think: ThinkSplitter | None = ThinkSplitter()
         self._attempt = 0
         self._last = 0.0
+        self._began = time.monotonic()
         self.finished = False
         self.closed = False
 
@@ -113,6 +116,7 @@ class UpstreamStream:
             self._parser = httptools.HttpResponseParser(self._response)
             self._response.parser = self._parser
             self._decoder = EventDecoder()
+            self._think = ThinkSplitter()
             self._last = time.monotonic()
             try:
                 conn.sock.settimeout(self._client.read_timeout)
@@ -148,12 +152,13 @@ class UpstreamStream:
     def read(self, wait: float | None) -> Read:
         return self._guard(self._read, wait)
 
-    def pump(self, since: float, wait: float, take: Callable[[Read], Any]) -> Any:
+    def pump(self, idle_since: Callable[[], float], wait: float, take: Callable[[Read], Any]) -> Any:
         """Like `read(wait)` on a `steady` stream, but reads are taken in the poller's tick, in the
         hub: `take(read)` there returns None when it dealt with the read (the caller sleeps on), or
-        what the caller wakes with. Returns that, or SILENT after `wait` seconds without a byte
-        from the upstream (counted from `since` at the earliest). Raises like `read`."""
-        return self._guard(self._pump, since, wait, take)
+        what the caller wakes with. Returns that, or SILENT once `wait` seconds passed since
+        `idle_since()`, the last time the client was sent something: an upstream that sends bytes
+        but no text does not hold back heartbeats. Raises like `read`."""
+        return self._guard(self._pump, idle_since, wait, take)
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -176,10 +181,19 @@ class UpstreamStream:
             ) from None
 
     def _limit(self) -> float:
-        limit = self._client.read_timeout - (time.monotonic() - self._last)
+        """Seconds the reader may still wait: until the read timeout (counted from the upstream's last
+        byte) or the call's own limit (from its start: a drip-feeding upstream cannot hold it)."""
+        now = time.monotonic()
+        limit = self._client.read_timeout - (now - self._last)
         if limit <= 0:
             raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
-        return limit
+        whole = self._client.max_call_seconds - (now - self._began)
+        if whole <= 0:
+            raise UpstreamError(
+                f"The upstream LLM call took longer than {self._client.max_call_seconds:g} s.",
+                code="upstream_timeout",
+            )
+        return min(limit, whole)
 
     def _read(self, wait: float | None) -> Read:
         if wait is not None and wait <= 0:
@@ -201,7 +215,7 @@ class UpstreamStream:
             if read is not None:
                 return read
 
-    def _pump(self, since: float, wait: float, take: Callable[[Read], Any]) -> Any:
+    def _pump(self, idle_since: Callable[[], float], wait: float, take: Callable[[Read], Any]) -> Any:
         conn = self._conn
         assert conn is not None
 
@@ -211,7 +225,7 @@ class UpstreamStream:
 
         while True:
             limit = self._limit()
-            left = wait - (time.monotonic() - max(since, self._last))
+            left = wait - (time.monotonic() - idle_since())
             if left <= 0:
                 return SILENT
             result = self._client.poller.wait(conn.fd, min(left, limit), tick)
@@ -259,20 +273,37 @@ class UpstreamStream:
         response = self._response
         body, response.body = response.body, []
         texts: list[str] = []
+        thoughts: list[str] = []
         usage = None
         for piece in body:
             for data in self._decoder.feed(piece):
                 if data == _DONE:
                     self._finish()
-                    return Read("".join(texts), len(texts), usage)
-                content, last_usage = parse_chunk(data)
+                    return self._read_of(texts, thoughts, usage, end=True)
+                content, reasoning, last_usage = parse_chunk(data)
                 if content:
                     texts.append(content)
+                if reasoning:
+                    thoughts.append(reasoning)
                 if last_usage is not None:
                     usage = last_usage
         if response.complete:  # the body ended without [DONE]: what arrived is the whole answer
             self._finish()
-        return Read("".join(texts), len(texts), usage)
+        return self._read_of(texts, thoughts, usage, end=self.finished)
+
+    def _read_of(self, texts: list[str], thoughts: list[str], usage: Any, end: bool) -> Read:
+        text = "".join(texts)
+        think = self._think
+        if think is not None:  # until the reply's content has begun: a `<think>` block is reasoning
+            thought, text = think.feed(text)
+            if end:
+                more_thought, more_text = think.flush()
+                thought, text = thought + more_thought, text + more_text
+            if thought:
+                thoughts.append(thought)
+            if think.done:
+                self._think = None
+        return Read(text, len(texts), usage, False, "".join(thoughts) if thoughts else "")
 
     def _finish(self) -> None:
         self.finished = True

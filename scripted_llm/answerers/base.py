@@ -18,9 +18,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-# The two moments of a MetaGPT run a ``fault_at`` directive can name: the first request that
-# decides the shape of the document, and the requests that fill it in.
-Phase = Literal["outline", "section"]
+# The moments a ``fault_at`` directive can name: the first request of a MetaGPT run, which decides
+# the shape of the document, the requests that fill it in, and a chat UI's own requests (title,
+# follow-ups, tags; see :mod:`.housekeeping`).
+Phase = Literal["outline", "section", "housekeeping"]
 
 # ``[[key:value]]``, the way tests steer the scripted LLM from inside the user's text.
 DIRECTIVE_RE = re.compile(r"\[\[([A-Za-z_][A-Za-z0-9_]*):(.*?)\]\]", re.DOTALL)
@@ -42,7 +43,8 @@ class Match:
 
     ``topic`` is the user's text exactly as the prompt quotes it (directives included), or None
     when the prompt's shape is known but the text cannot be cut out.  ``language`` is what the
-    prompt asks the answer to be written in, when it says.
+    prompt asks the answer to be written in, when it says.  ``task`` names a housekeeping task
+    (``title``, ``follow_ups``, ``tags``, ``other``) for the journal; None for agent requests.
     """
 
     kind: str
@@ -51,6 +53,7 @@ class Match:
     language: str | None
     write: Writer
     spoil: Spoiler
+    task: str | None = None
 
 
 # The interface: ``def match(prompt: str) -> Match | None``.

@@ -81,7 +81,9 @@ class Proxied:
 
 
 @contextmanager
-def nginx_in_front(stack: Stack, prefix: Path, streams: int, rate: int, burst: int) -> Iterator[Proxied]:
+def nginx_in_front(
+    stack: Stack, prefix: Path, streams: int, rate: int, burst: int, max_generation_seconds: int = 900
+) -> Iterator[Proxied]:
     """Real nginx with the rendered template, in front of `stack`'s gunicorn."""
     port, status_port = free_port(), free_port()
     conf = prepare_nginx(
@@ -94,6 +96,7 @@ def nginx_in_front(stack: Stack, prefix: Path, streams: int, rate: int, burst: i
             "NGINX_STREAMS_PER_CLIENT": str(streams),
             "NGINX_RATE_PER_CLIENT": str(rate),
             "NGINX_RATE_BURST": str(burst),
+            "GATEWAY_MAX_GENERATION_SECONDS": str(max_generation_seconds),
         },
     )
     url = f"http://127.0.0.1:{port}"

@@ -346,3 +346,25 @@ def test_the_socket_writer_sends_what_the_yielding_body_would(make):
     assert shape(got) == shape(expected)
     assert deltas(got, "content").startswith("# Notes\none two")
     assert h.value("gateway_streamed_bytes_total", model="notes") == len(first[0]) + len(_unchunk(received))
+
+
+def test_an_upstream_models_thinking_is_reasoning_in_order_and_never_in_the_file(make):
+    thinking = ScriptedReply([Read("", 0, None, False, "hmm, "), Read("Hi", 1, None, False, "done."), Read()])
+    h = make(reply("p"), thinking)
+    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    pieces = [
+        (k, v)
+        for c in out
+        if isinstance(c, dict) and c.get("choices")
+        for k, v in c["choices"][0]["delta"].items()
+        if k in ("content", "reasoning_content") and v
+    ]
+    assert pieces[:5] == [
+        ("reasoning_content", "p"),
+        ("content", "# Notes\n"),
+        ("reasoning_content", "hmm, "),
+        ("reasoning_content", "done."),
+        ("content", "Hi"),
+    ]
+    (name,) = h.files()
+    assert (h.store.folder / name).read_text() == "# Notes\nHi"

@@ -219,7 +219,16 @@ def test_fault_for(kind: script.Kind, directives: dict[str, str], expected: scri
 
 
 def test_every_fault_name_is_known() -> None:
-    assert {"http500", "http429", "stall", "cut", "bad_outline", "empty_outline", "close"} == script.FAULTS
+    assert {
+        "http500",
+        "http429",
+        "stall",
+        "cut",
+        "bad_outline",
+        "empty_outline",
+        "close",
+        "drip",
+    } == script.FAULTS
 
 
 # ------------------------------------------------------------------------- tokenize

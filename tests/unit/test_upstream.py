@@ -7,6 +7,7 @@ import pytest
 from app.errors import UpstreamError
 from app.upstream import EventDecoder, parse_chunk
 from app.upstream.poller import adapt
+from app.upstream.think import ThinkSplitter
 
 
 @pytest.mark.parametrize(
@@ -51,7 +52,13 @@ def test_event_decoder_byte_by_byte():
     ],
 )
 def test_parse_chunk(payload, content, usage):
-    assert parse_chunk(payload) == (content, usage)
+    assert parse_chunk(payload) == (content, "", usage)
+
+
+@pytest.mark.parametrize("field", ["reasoning_content", "reasoning"])
+def test_parse_chunk_reads_a_reasoning_models_thinking(field):
+    payload = b'{"choices":[{"delta":{"%s":"Let me think","content":null}}]}' % field.encode()
+    assert parse_chunk(payload) == ("", "Let me think", None)
 
 
 @pytest.mark.parametrize(
@@ -112,3 +119,36 @@ def test_a_poller_whose_longest_interval_is_its_shortest_keeps_it():
     for streams in (0, 5, 40):
         ticks.run(streams=streams, tokens_per_second=20, seconds=1)
         assert ticks.current == 0.02
+
+
+def _split(pieces: list[str]) -> tuple[str, str]:
+    splitter, thought, text = ThinkSplitter(), "", ""
+    for piece in pieces:
+        r, c = splitter.feed(piece)
+        thought, text = thought + r, text + c
+    r, c = splitter.flush()
+    return thought + r, text + c
+
+
+@pytest.mark.parametrize(
+    ("reply", "thought", "text"),
+    [
+        ('<think>\nPlan {"a": 1}\n</think>\n\n{"title": "T"}', '\nPlan {"a": 1}\n', '{"title": "T"}'),
+        ("  \n<think>x</think>answer", "x", "answer"),
+        ("no thinking here, <think> later is text", "", "no thinking here, <think> later is text"),
+        ("<thinking is not the tag", "", "<thinking is not the tag"),
+        ("<think>never closed", "never closed", ""),
+        ("<think></think>", "", ""),
+        ("  ", "", "  "),
+        ("", "", ""),
+    ],
+)
+def test_a_think_block_at_the_start_of_the_content_is_reasoning_however_it_is_cut(reply, thought, text):
+    assert _split([reply]) == (thought, text)
+    for size in (1, 2, 3, 7):  # the tags split across pieces
+        assert _split([reply[i : i + size] for i in range(0, len(reply), size)]) == (thought, text), size
+
+
+def test_the_splitter_steps_aside_once_the_content_has_begun():
+    splitter = ThinkSplitter()
+    assert splitter.feed("Hello") == ("", "Hello") and splitter.done

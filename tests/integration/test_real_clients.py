@@ -1,0 +1,190 @@
+"""What real deployments do around the core (issue 18): non-streaming clients that leave or time out,
+generations longer than a proxy's patience, download links clicked in a browser, models that think,
+upstreams that drip, and chat UIs' housekeeping requests."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import openai
+import pytest
+
+from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
+from tests.integration.helpers import body, metric, split_link, stream_raw
+from tests.procs import free_port, gunicorn_args, server
+
+pytestmark = pytest.mark.integration
+
+KEY = "real-clients-key"
+LIMIT_SECONDS = 4  # the keyed stack's generation limit
+LINK_TTL = 3
+
+
+@dataclass
+class Keyed:
+    app: Stack
+    nginx: Proxied
+
+
+@pytest.fixture(scope="module")
+def keyed(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyed]:
+    """A worker with an API key, short-lived links and a short generation limit, behind nginx told
+    the same limit."""
+    folder = tmp_path_factory.mktemp("keyed")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = gateway_env(
+        llm_server,
+        folder,
+        GATEWAY_API_KEYS=KEY,
+        GATEWAY_LINK_TTL_SECONDS=str(LINK_TTL),
+        GATEWAY_MAX_GENERATION_SECONDS=str(LIMIT_SECONDS),
+    )
+    with ExitStack() as stack:
+        proc = stack.enter_context(
+            server(
+                gunicorn_args(port, unix_socket=folder / "gunicorn.sock"),
+                health_url=f"{url}/readyz",
+                log=folder / "gunicorn.log",
+                env=env,
+            )
+        )
+        app = Stack(
+            url, llm_server, folder / "tutorials", folder / "gunicorn.log", proc.pid, folder / "gunicorn.sock"
+        )
+        nginx = stack.enter_context(
+            nginx_in_front(
+                app,
+                folder / "nginx",
+                streams=100,
+                rate=1000,
+                burst=1000,
+                max_generation_seconds=LIMIT_SECONDS,
+            )
+        )
+        yield Keyed(app=app, nginx=nginx)
+
+
+def outcomes(stack: Stack, topic: str, count: int, timeout: float = 8) -> tuple[list[dict], float]:
+    """The journal entries of `topic` once `count` of them have ended, and how long that took."""
+    start = time.monotonic()
+    entries: list[dict] = []
+    while time.monotonic() - start < timeout:
+        entries = [e for e in stack.journal() if e["topic"] == topic]
+        if len(entries) >= count and all(e["outcome"] != "running" for e in entries):
+            break
+        time.sleep(0.1)
+    return entries, time.monotonic() - start
+
+
+def files_about(stack: Stack, word: str) -> list[str]:
+    return [p.name for p in stack.tutorials.iterdir() if word in p.read_text(encoding="utf-8")]
+
+
+# --- non-streaming clients that leave -----------------------------------------------------------------
+
+
+def leave_whole(url: str, topic: str, after: float) -> None:
+    """A `stream: false` request whose client closes its socket after `after` seconds, unanswered."""
+    host, port = urlsplit(url).hostname, urlsplit(url).port
+    data = json.dumps(body(topic)).encode()
+    with socket.create_connection((host, port), timeout=10) as sock:
+        head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        sock.sendall(f"{head}Content-Length: {len(data)}\r\n\r\n".encode() + data)
+        time.sleep(after)
+
+
+@pytest.mark.parametrize("front", ["gunicorn", "nginx"])
+def test_a_non_streaming_client_that_leaves_cancels_its_generation(stack, proxied, front):
+    topic = f"Abandoned whole answer via {front}"
+    cancelled = metric(stack.url, "gateway_generation_duration_seconds_count", outcome="cancelled")
+    leave_whole(stack.url if front == "gunicorn" else proxied.url, f"{topic} [[pace:20]]", after=1.5)
+    left = time.monotonic()
+    entries, _ = outcomes(stack, topic, 1)
+    assert [e["outcome"] for e in entries] == ["client_closed"], entries  # the outline call, closed
+    assert time.monotonic() - left < 5
+    assert files_about(stack, topic) == []
+    assert (
+        metric(stack.url, "gateway_generation_duration_seconds_count", outcome="cancelled") == cancelled + 1
+    )
+
+
+def test_an_sdk_that_times_out_and_retries_leaves_nothing_running(stack):
+    topic = "Timed out by the SDK"
+    client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=2.0, max_retries=2)
+    with pytest.raises(openai.APITimeoutError):
+        client.chat.completions.create(
+            model="write_tutorial", messages=[{"role": "user", "content": f"{topic} [[pace:20]]"}]
+        )
+    entries, _ = outcomes(stack, topic, 3)
+    assert [e["outcome"] for e in entries] == ["client_closed"] * 3  # three attempts, each cancelled
+    assert files_about(stack, topic) == []
+
+
+# --- what nginx must not cut --------------------------------------------------------------------------
+
+
+def test_a_whole_answer_runs_to_the_apps_own_time_limit_through_nginx(keyed):
+    rendered = (keyed.nginx.prefix / "conf.d" / "gateway.conf").read_text()
+    assert f"proxy_read_timeout 1m{LIMIT_SECONDS}s;" in rendered  # nginx outwaits the app by a minute
+    r = httpx.post(
+        f"{keyed.nginx.url}/v1/chat/completions",
+        json=body("Too long for its limit [[pace:5]]"),
+        headers={"Authorization": f"Bearer {KEY}"},
+        timeout=30,
+    )
+    assert r.status_code == 504
+    error = r.json()["error"]
+    assert error["code"] == "generation_timeout" and f"{LIMIT_SECONDS} s" in error["message"]
+
+
+# --- download links that open in a browser ----------------------------------------------------------
+
+
+def test_a_signed_link_opens_in_a_browser_without_the_key_until_it_expires(keyed):
+    auth = {"Authorization": f"Bearer {KEY}"}
+    s = stream_raw(keyed.nginx.url, body("Signed links [[pace:0]][[sections:1]]", stream=True), headers=auth)
+    assert s.status == 200
+    info = s.chunks()[-1]["file"]
+    tutorial, link = split_link(s.text())
+    url = urlsplit(info["url"])
+    assert set(parse_qs(url.query)) == {"expires", "signature"} and f"({info['url']})" in link
+    browser = {"Accept": "text/html", "User-Agent": "Mozilla/5.0"}  # no Authorization header
+    r = httpx.get(info["url"], headers=browser, timeout=10)
+    assert r.status_code == 200 and r.content == tutorial.encode()
+    assert r.headers["content-disposition"].startswith("attachment")
+
+    bare = f"{url.scheme}://{url.netloc}{url.path}"
+    (keyed.app.tutorials / ("Other-" + "c" * 32 + ".md")).write_text("another file")
+    other = bare.replace(info["name"], "Other-" + "c" * 32 + ".md")  # this link does not open it
+    tampered = info["url"].replace("signature=", "signature=x")
+    for refused in (bare, tampered, f"{other}?{url.query}"):
+        r = httpx.get(refused, headers=browser, timeout=10)
+        assert r.status_code == 401, refused
+        assert r.json()["error"]["code"] == "invalid_api_key" and "link" in r.json()["error"]["message"]
+    time.sleep(LINK_TTL + 1.5)
+    expired = httpx.get(info["url"], headers=browser, timeout=10)
+    assert expired.status_code == 401 and expired.headers["content-type"] == "application/json"
+    assert httpx.get(bare, headers=auth, timeout=10).status_code == 200  # the key still opens it
+
+
+# --- models and routes --------------------------------------------------------------------------------
+
+
+def test_models_have_a_name_and_a_description_and_responses_points_to_chat(proxied):
+    models = httpx.get(f"{proxied.url}/v1/models", timeout=10).json()["data"]
+    assert {m["id"]: m["name"] for m in models} == {
+        "write_tutorial": "Tutorial writer",
+        "write_teaching_plan": "Teaching plan writer",
+    }
+    assert all(m["description"] for m in models)
+    r = httpx.post(f"{proxied.url}/v1/responses", json={"model": "write_tutorial", "input": "x"}, timeout=10)
+    assert r.status_code == 404
+    assert "/v1/chat/completions" in r.json()["error"]["message"]
