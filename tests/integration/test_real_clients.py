@@ -17,7 +17,9 @@ import openai
 import pytest
 
 from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
+from tests.integration.helpers import LINK_PREFIX as LINK_MARK
 from tests.integration.helpers import body, metric, split_link, stream_raw
+from tests.openwebui_prompts import follow_ups_body, tags_body, title_body
 from tests.procs import free_port, gunicorn_args, server
 
 pytestmark = pytest.mark.integration
@@ -188,3 +190,91 @@ def test_models_have_a_name_and_a_description_and_responses_points_to_chat(proxi
     r = httpx.post(f"{proxied.url}/v1/responses", json={"model": "write_tutorial", "input": "x"}, timeout=10)
     assert r.status_code == 404
     assert "/v1/chat/completions" in r.json()["error"]["message"]
+
+
+# --- chat UIs' housekeeping -----------------------------------------------------------------------------
+
+
+CHAT = [
+    {"role": "user", "content": "a tutorial about Redis [[pace:20]]"},
+    {"role": "assistant", "content": "# Mastering Redis\n\nRedis is an in-memory data store..."},
+]
+
+
+@pytest.mark.parametrize(
+    ("make_body", "field", "stream"),
+    [(title_body, "title", False), (follow_ups_body, "follow_ups", True), (tags_body, "tags", False)],
+)
+def test_open_webui_housekeeping_is_answered_by_the_llm_in_seconds_without_an_agent(
+    proxied, stack, make_body, field, stream
+):
+    payload = {**make_body(CHAT, model="write_tutorial"), "stream": stream}
+    before = set(stack.tutorials.iterdir())
+    count = metric(stack.url, "gateway_generation_duration_seconds_count", model="housekeeping")
+    started = time.monotonic()
+    if stream:
+        s = stream_raw(proxied.url, payload)
+        assert s.status == 200 and s.data()[-1] == "[DONE]"
+        answer, model = s.text(), s.chunks()[0]["model"]
+        assert "file" not in s.chunks()[-1]
+    else:
+        r = httpx.post(f"{proxied.url}/v1/chat/completions", json=payload, timeout=30)
+        assert r.status_code == 200
+        answer, model = r.json()["choices"][0]["message"]["content"], r.json()["model"]
+        assert "file" not in r.json() and LINK_MARK not in answer
+    assert time.monotonic() - started < 5  # at 20 tokens/s: a short answer, not a tutorial
+    assert model == "write_tutorial"
+    assert field in json.loads(answer)  # the format the prompt asked for
+    assert set(stack.tutorials.iterdir()) == before  # no file
+    calls = [e for e in stack.journal() if e.get("kind") == "housekeeping" and e.get("task") == field]
+    assert calls and calls[-1]["outcome"] == "completed"
+    if field == "title":
+        assert calls[-1]["max_tokens"] == 1000  # the client's max_tokens, honoured
+    assert metric(stack.url, "gateway_generation_duration_seconds_count", model="housekeeping") == count + 1
+
+
+# --- reasoning models upstream --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["think", "reasoning_content", "reasoning"])
+def test_a_reasoning_models_thinking_is_reasoning_and_never_in_the_tutorial(stack, mode):
+    topic = f"Thinking upstream {mode}"
+    s = stream_raw(stack.url, body(f"{topic} [[pace:0]][[sections:2]][[reasoning:{mode}]]", stream=True))
+    assert s.status == 200 and s.data()[-1] == "[DONE]", s.data()[-3:]
+    tutorial, _ = split_link(s.text())
+    reasoning = s.text("reasoning_content")
+    assert "<think>" not in tutorial and "let me think" not in tutorial.lower()
+    assert tutorial.startswith("# ") and topic in tutorial
+    assert reasoning.count('{"title": "x"}') == 3  # each call's thinking: the outline, 2 sections
+    info = s.chunks()[-1]["file"]
+    assert (stack.tutorials / info["name"]).read_text(encoding="utf-8") == tutorial
+
+
+def test_a_long_reasoning_phase_streams_to_the_client_and_a_client_leaving_it_cancels_it(stack):
+    topic = "Thinking for long"
+    payload = body(f"{topic} [[reasoning:reasoning_content]][[think_seconds:30]]", stream=True)
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=payload, timeout=30) as r:
+        seen = []
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                seen.append(line)
+            if len(seen) >= 4:
+                break  # thinking is arriving: leave
+    entries, waited = outcomes(stack, topic, 1)
+    assert [e["outcome"] for e in entries] == ["client_closed"] and waited < 5
+    assert any("reasoning_content" in line for line in seen[1:])
+
+
+def test_an_upstream_that_drips_gets_heartbeats_sent_and_a_client_leaving_noticed(stack):
+    """Content-less chunks every 0.2 s for 30 s: bytes arrive, text does not."""
+    topic = "Dripping upstream"
+    payload = body(f"{topic} [[fault:drip]][[drip_every:0.2]][[stall:30]]", stream=True)
+    heartbeats = 0
+    with httpx.stream("POST", f"{stack.url}/v1/chat/completions", json=payload, timeout=30) as r:
+        for line in r.iter_lines():
+            heartbeats += line.startswith(": keep-alive")
+            if heartbeats >= 2:  # GATEWAY_HEARTBEAT_SECONDS is 1 here
+                break
+    entries, waited = outcomes(stack, topic, 1)
+    assert [e["outcome"] for e in entries] == ["client_closed"] and waited < 5
+    assert entries[0]["drip_chunks"] > 5

@@ -353,3 +353,138 @@ def test_process_exits_on_max_lifetime_and_on_sigterm(tmp_path: Path) -> None:
         with contextlib.suppress(ProcessLookupError):
             short.kill()
         short.wait(5)
+
+
+# ------------------------------------------------- chat UIs and real-model behaviours
+
+
+def owui_chat(user: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": user}, {"role": "assistant", "content": "Sure, here it is."}]
+
+
+def test_open_webui_housekeeping_requests_get_json(llm: Llm) -> None:
+    from tests.openwebui_prompts import follow_ups_body, tags_body, title_body
+
+    chat = owui_chat("Write a tutorial about Redis")
+    for body, key in (
+        (title_body(chat), "title"),
+        (follow_ups_body(chat), "follow_ups"),
+        (tags_body(chat), "tags"),
+    ):
+        reply = httpx.post(f"{llm.url}/v1/chat/completions", json=body, timeout=10).json()
+        answer = json.loads(reply["choices"][0]["message"]["content"])
+        assert list(answer) == [key] and reply["choices"][0]["finish_reason"] == "stop"
+        entry = llm.entry(reply["id"])
+        assert (entry["kind"], entry["task"], entry["outcome"]) == ("housekeeping", key, "completed")
+    assert llm.journal()[0]["max_tokens"] == 1000
+
+
+def test_housekeeping_streamed_with_fault_at_housekeeping(llm: Llm) -> None:
+    from tests.openwebui_prompts import title_prompt
+
+    messages = [
+        {
+            "role": "user",
+            "content": title_prompt(owui_chat("Redis [[fault:http429]][[fault_at:housekeeping]]")),
+        }
+    ]
+    with pytest.raises(openai.RateLimitError):
+        llm.stream(messages)
+    chunks = list(llm.stream([{"role": "user", "content": title_prompt(owui_chat("Redis"))}]))
+    assert "title" in json.loads(content(chunks))
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_max_tokens_stops_with_finish_reason_length(llm: Llm, stream: bool) -> None:
+    messages = section_messages("Redis")
+    expected = script.tokenize(script.section_text("Redis", DIRECTORY))
+    if stream:
+        chunks = list(llm.stream(messages, max_tokens=7, stream_options={"include_usage": True}))
+        text, finish = content(chunks), chunks[-2].choices[0].finish_reason
+        assert chunks[-1].usage.completion_tokens == 7
+        completion_id = chunks[0].id
+    else:
+        reply = llm.client.chat.completions.create(
+            model="m", messages=messages, extra_body={"max_completion_tokens": 7}
+        )
+        text, finish = reply.choices[0].message.content, reply.choices[0].finish_reason
+        assert reply.usage is not None and reply.usage.completion_tokens == 7
+        completion_id = reply.id
+    assert text == "".join(expected[:7]) and finish == "length"
+    entry = llm.entry(completion_id)
+    assert (entry["max_tokens"], entry["tokens_sent"], entry["finish_reason"]) == (7, 7, "length")
+    # A cap above the reply's length changes nothing.
+    reply = llm.client.chat.completions.create(model="m", messages=messages, max_tokens=100000)
+    assert reply.choices[0].finish_reason == "stop" and reply.choices[0].message.content == "".join(expected)
+
+
+def test_reasoning_think_tags_stream_before_the_answer(llm: Llm) -> None:
+    chunks = list(
+        llm.stream(outline_messages("Redis [[reasoning:think]]"), stream_options={"include_usage": True})
+    )
+    text = content(chunks)
+    assert text.startswith("<think>\n") and '{"title": "x"}' in text and "Redis" in text.split("</think>")[0]
+    thinking, answer = text.split("\n</think>\n\n")
+    assert answer == script.outline_text("Redis", {})
+    usage = chunks[-1].usage
+    assert usage.completion_tokens == len(script.tokenize(thinking + "\n</think>\n\n")) + len(
+        script.tokenize(answer)
+    )
+    assert llm.entry(chunks[0].id)["reasoning"] == "think"
+
+
+@pytest.mark.parametrize("mode", ["reasoning_content", "reasoning"])
+def test_reasoning_fields_come_before_any_content(llm: Llm, mode: str) -> None:
+    body = {"model": "m", "messages": outline_messages(f"Redis [[reasoning:{mode}]]"), "stream": True}
+    deltas = []
+    with httpx.stream("POST", f"{llm.url}/v1/chat/completions", json=body, timeout=10) as response:
+        for line in response.iter_lines():
+            if line.startswith("data: {"):
+                deltas.append(json.loads(line[6:])["choices"][0]["delta"])
+    fields = [next(iter(d)) for d in deltas[1:] if d]
+    first_content = fields.index("content")
+    assert set(fields[:first_content]) == {mode} and set(fields[first_content:]) == {"content"}
+    thinking = "".join(d.get(mode, "") for d in deltas)
+    assert '{"title": "x"}' in thinking and "Redis" in thinking
+    assert "".join(d.get("content") or "" for d in deltas) == script.outline_text("Redis", {})
+    # Not streamed: the thinking is a message field of its own.
+    reply = httpx.post(f"{llm.url}/v1/chat/completions", json={**body, "stream": False}, timeout=10).json()
+    message = reply["choices"][0]["message"]
+    assert message[mode] == thinking and message["content"] == script.outline_text("Redis", {})
+    assert reply["usage"]["completion_tokens_details"]["reasoning_tokens"] == len(script.tokenize(thinking))
+
+
+def test_think_seconds_spreads_the_thinking(llm: Llm) -> None:
+    start = time.monotonic()
+    stamps = []
+    for chunk in llm.stream(outline_messages("Redis [[reasoning:reasoning_content]][[think_seconds:1]]")):
+        stamps.append((time.monotonic() - start, chunk))
+    first_content = next(t for t, c in stamps if c.choices and c.choices[0].delta.content)
+    assert 0.9 <= first_content < 2
+    assert stamps[-1][0] - first_content < 0.5  # the answer itself is unpaced
+
+
+def test_drip_sends_contentless_chunks_then_the_answer(llm: Llm) -> None:
+    stamps: list[float] = []
+    chunks = []
+    start = time.monotonic()
+    for chunk in llm.stream(outline_messages("Redis [[fault:drip]][[stall:1]][[drip_every:0.25]]")):
+        stamps.append(time.monotonic() - start)
+        chunks.append(chunk)
+    drips = chunks[1:5]
+    assert all(c.choices[0].delta.content is None for c in drips)
+    assert [bool(c.choices[0].delta.tool_calls) for c in drips] == [False, True, False, True]
+    assert 0.9 <= stamps[5] < 2
+    assert content(chunks) == script.outline_text("Redis", {})
+    entry = llm.entry(chunks[0].id)
+    assert (entry["outcome"], entry["drip_chunks"]) == ("fault:drip", 4)
+
+
+def test_client_leaving_during_the_drip_is_client_closed(llm: Llm) -> None:
+    stream = llm.stream(outline_messages("Redis [[fault:drip]][[stall:30]][[drip_every:0.1]]"))
+    it = iter(stream)
+    first = next(it)
+    next(it)
+    stream.close()
+    assert llm.wait_outcome("client_closed", timeout=2, completion_id=first.id) < 2
+    assert llm.entry(first.id)["tokens_sent"] == 0
