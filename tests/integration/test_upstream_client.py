@@ -244,3 +244,21 @@ def test_tls_upstream_streams_and_reuses_its_connection(llm_server, tmp_path, mo
         gevent.sleep(0.3)
         assert c._idle == [first]
         c.close()
+
+
+def test_an_upstream_that_drips_bytes_without_text_cannot_hold_a_call_past_its_limit(llm_server):
+    c = client(llm_server, max_call_seconds=1.5)
+    stream = c.stream(payload("Dripping past the limit [[fault:drip]][[drip_every:0.1]][[stall:20]]"))
+    started = time.monotonic()
+
+    def until_error() -> UpstreamError:
+        with pytest.raises(UpstreamError) as info:
+            while True:
+                assert not stream.read(5.0).text  # bytes keep coming, text never does
+        return info.value
+
+    error = run(until_error)
+    assert error.code == "upstream_timeout" and "1.5 s" in error.message
+    assert 1.4 < time.monotonic() - started < 4
+    gevent.sleep(0.5)
+    assert journal(llm_server, "Dripping past the limit")["outcome"] == "client_closed"
