@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import re
 import time
-from dataclasses import replace
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.agents.base import AgentRequest
+from app.agents.housekeeping import Housekeeping
 from app.api import sse
 from app.api.protocol import ChatCompletionRequest, Completion, file_link, parse_request
 from app.errors import APIError, InvalidRequest, ModelNotFound, UnsupportedMediaType
@@ -52,7 +52,15 @@ def _payload() -> Any:
         raise InvalidRequest("The request body is not valid JSON.") from None
 
 
-def _agent_request(body: ChatCompletionRequest, settings: Settings) -> AgentRequest:
+# The roles an upstream chat completion accepts without more fields (tool results need their call).
+_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+
+def _agent_request(
+    body: ChatCompletionRequest, settings: Settings, housekeeping: Housekeeping
+) -> tuple[AgentRequest, bool]:
+    """What the agent is asked, and whether it is a chat UI's housekeeping request (whose last
+    message quotes the chat: the topic's limits do not apply to it)."""
     if len(body.messages) > settings.max_messages:
         raise InvalidRequest(f"At most {settings.max_messages} messages are accepted.", param="messages")
     for n, message in enumerate(body.messages):
@@ -62,26 +70,20 @@ def _agent_request(body: ChatCompletionRequest, settings: Settings) -> AgentRequ
                 param=f"messages.{n}.content",
             )
     topic = body.topic()
+    language = body.language or settings.default_language
+    if housekeeping.recognises(topic):
+        messages = tuple(
+            {"role": _ROLES[m.role], "content": m.text()} for m in body.messages if m.role in _ROLES
+        )
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        return AgentRequest(topic, language, body.temperature, messages, max_tokens), True
     if len(topic) > settings.max_topic_chars:
         raise InvalidRequest(
             f"The topic may have at most {settings.max_topic_chars} characters.", param="messages"
         )
     if "\x00" in topic:
         raise InvalidRequest("The topic may not contain NUL characters.", param="messages")
-    return AgentRequest(
-        topic=topic, language=body.language or settings.default_language, temperature=body.temperature
-    )
-
-
-# The roles an upstream chat completion accepts without more fields (tool results need their call).
-_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-
-
-def _passed_on(body: ChatCompletionRequest, agent_request: AgentRequest) -> AgentRequest:
-    """The request as the upstream LLM gets it: the conversation's text, and the client's max_tokens."""
-    messages = tuple({"role": _ROLES[m.role], "content": m.text()} for m in body.messages if m.role in _ROLES)
-    max_tokens = body.max_completion_tokens or body.max_tokens
-    return replace(agent_request, messages=messages, max_tokens=max_tokens)
+    return AgentRequest(topic=topic, language=language, temperature=body.temperature), False
 
 
 @bp.post("/v1/chat/completions")
@@ -94,9 +96,9 @@ def chat_completions() -> Response:
     agent = svc.registry.get(body.model)
     if agent is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
-    agent_request = _agent_request(body, settings)
-    if svc.housekeeping.recognises(agent_request.topic):
-        agent, agent_request = svc.housekeeping, _passed_on(body, agent_request)
+    agent_request, housekeeping = _agent_request(body, settings, svc.housekeeping)
+    if housekeeping:
+        agent = svc.housekeeping
     g.metrics_model = agent.id
     base_url = _base_url()
     try:

@@ -197,7 +197,8 @@ def test_models_have_a_name_and_a_description_and_responses_points_to_chat(proxi
 
 CHAT = [
     {"role": "user", "content": "a tutorial about Redis [[pace:20]]"},
-    {"role": "assistant", "content": "# Mastering Redis\n\nRedis is an in-memory data store..."},
+    # A whole tutorial: the task prompt that quotes it is longer than a topic may be (4,000 characters).
+    {"role": "assistant", "content": "# Mastering Redis\n\n" + "Redis is an in-memory data store. " * 200},
 ]
 
 
