@@ -30,10 +30,11 @@ def parse_chunk(payload: bytes) -> tuple[str, str, dict[str, Any] | None]:
         delta = choices[0].get("delta")
         if type(delta) is dict:
             text = delta.get("content")
-            if type(text) is str:
+            if type(text) is str and text:
                 content = text
-            thought = delta.get("reasoning_content") or delta.get("reasoning")
-            if type(thought) is str:
-                reasoning = thought
+            else:  # a chunk of thinking has no content: the usual chunk does not look further
+                thought = delta.get("reasoning_content") or delta.get("reasoning")
+                if type(thought) is str:
+                    reasoning = thought
     usage = chunk.get("usage")
     return content, reasoning, usage if type(usage) is dict else None
