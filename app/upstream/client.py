@@ -3,6 +3,7 @@ connections."""
 
 from __future__ import annotations
 
+import select
 import socket
 import ssl
 from typing import Any
@@ -14,6 +15,11 @@ from app.upstream.poller import ReadinessPoller
 from app.upstream.stream import UpstreamStream
 
 _MAX_IDLE_CONNECTIONS = 512
+
+
+def _readable(sock: Any) -> bool:
+    """Whether a socket has bytes (or an end) waiting, without waiting."""
+    return bool(select.select([sock.fileno()], [], [], 0)[0])
 
 
 class _Connection:
@@ -74,9 +80,14 @@ class UpstreamClient:
         self._idle: list[_Connection] = []
 
     def connect(self) -> _Connection:
-        """An idle keep-alive connection if there is one, else a new one (raises OSError)."""
-        if self._idle:
-            return self._idle.pop()
+        """An idle keep-alive connection if there is one, else a new one (raises OSError). An idle
+        connection that is readable is dropped: the upstream closed it, or sent bytes after its last
+        response that would be read as the next one's."""
+        while self._idle:
+            conn = self._idle.pop()
+            if not _readable(conn.sock):
+                return conn
+            conn.close()
         sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

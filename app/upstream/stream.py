@@ -46,7 +46,7 @@ def _backoff(attempt: int, retry_after: bytes) -> float:
 class _Response:
     """httptools' callbacks for one response: status known, body pieces, complete."""
 
-    __slots__ = ("body", "complete", "headers_done", "keep_alive", "parser", "retry_after")
+    __slots__ = ("body", "complete", "content_type", "headers_done", "keep_alive", "parser", "retry_after")
 
     def __init__(self) -> None:
         self.parser: Any = None
@@ -55,10 +55,14 @@ class _Response:
         self.body: list[bytes] = []
         self.complete = False
         self.retry_after = b""
+        self.content_type = b""
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if name.lower() == b"retry-after":
+        lower = name.lower()
+        if lower == b"retry-after":
             self.retry_after = value.strip()
+        elif lower == b"content-type":
+            self.content_type = value.strip().lower()
 
     def on_headers_complete(self) -> None:
         self.headers_done = True
@@ -208,6 +212,7 @@ class UpstreamStream:
                 if not self._client.poller.wait(conn.fd, limit if wait is None else min(wait, limit)):
                     if wait is not None and wait < limit:
                         return SILENT
+                    self._limit()  # raises what ran out: the read timeout or the call's own limit
                     raise UpstreamError("The upstream LLM timed out.", code="upstream_timeout")
                 if self.closed:
                     raise OSError(errno.EBADF, "closed")
@@ -267,6 +272,13 @@ class UpstreamStream:
                     self._pause(_backoff(self._attempt, response.retry_after))
                     return None
                 raise UpstreamError(f"The upstream LLM answered with HTTP {status}.", code="upstream_status")
+            if not response.content_type.startswith(b"text/event-stream"):
+                # e.g. a proxy's HTML page with status 200: nothing of it is an answer
+                self._drop()
+                kind = response.content_type.decode("latin-1") or "no content type"
+                raise UpstreamError(
+                    f"The upstream LLM answered with {kind}, not an event stream.", code="upstream_bad_output"
+                )
         return self._events()
 
     def _events(self) -> Read:

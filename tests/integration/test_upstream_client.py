@@ -7,12 +7,15 @@ from __future__ import annotations
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import gevent
 import httpx
 import pytest
 from gevent.hub import get_hub
+from gevent.server import StreamServer
 
 from app.errors import UpstreamError
 from app.upstream import SILENT, Read, UpstreamClient, UpstreamStream
@@ -146,7 +149,8 @@ def test_pump_takes_plain_reads_in_the_hub_and_wakes_only_for_the_rest(llm_serve
         first = until_steady(stream)
         wakes = []
         while not stream.finished:
-            wakes.append(stream.pump(time.monotonic(), 5.0, take))
+            since = time.monotonic()
+            wakes.append(stream.pump(lambda since=since: since, 5.0, take))
         return first, wakes
 
     first, wakes = run(pumped)
@@ -159,7 +163,7 @@ def test_pump_takes_plain_reads_in_the_hub_and_wakes_only_for_the_rest(llm_serve
     c.close()
 
 
-def test_pump_reports_silence_counted_from_the_last_byte_and_wakes_on_close(llm_server):
+def test_pump_reports_silence_counted_from_the_last_byte_sent_and_wakes_on_close(llm_server):
     topic = "Pump silence [[pace:50]][[fault:stall]][[after:3]][[stall:20]]"
     c = client(llm_server)
     stream = c.stream(payload(topic))
@@ -171,10 +175,11 @@ def test_pump_reports_silence_counted_from_the_last_byte_and_wakes_on_close(llm_
     def pumped() -> tuple[Any, float, Any]:
         until_steady(stream)
         started = time.monotonic()
-        silent = stream.pump(started - 10, 0.5, take)  # `since` long ago: the last byte counts
+        silent = stream.pump(lambda: started, 0.5, take)  # nothing sent to the client since `started`
         silence = time.monotonic() - started
+        now = time.monotonic()
         try:
-            stream.pump(time.monotonic(), 30, take)
+            stream.pump(lambda: now, 30, take)
         except BaseException as exc:
             return silent, silence, exc
         return silent, silence, None
@@ -262,3 +267,49 @@ def test_an_upstream_that_drips_bytes_without_text_cannot_hold_a_call_past_its_l
     assert 1.4 < time.monotonic() - started < 4
     gevent.sleep(0.5)
     assert journal(llm_server, "Dripping past the limit")["outcome"] == "client_closed"
+
+
+@contextmanager
+def _raw_server(reply: bytes, after: bytes = b"") -> Iterator[str]:
+    """An upstream on 127.0.0.1 that answers each request with `reply`, then, 0.2 s later, sends
+    `after` too; yields its base URL."""
+
+    def answer(conn: Any, _: Any) -> None:
+        with conn:
+            while conn.recv(65536):
+                conn.sendall(reply)
+                if after:
+                    gevent.sleep(0.2)
+                    conn.sendall(after)
+
+    server = StreamServer(("127.0.0.1", 0), answer)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.stop(timeout=1)
+
+
+def _sse_response(text: str) -> bytes:
+    body = b'data: {"choices":[{"delta":{"content":"%s"}}]}\n\ndata: [DONE]\n\n' % text.encode()
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(body)
+    return head + body
+
+
+def test_a_page_that_is_not_an_event_stream_is_bad_output_not_an_empty_answer():
+    page = b"<html><body>Welcome to the proxy</body></html>"
+    reply = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n%s" % (len(page), page)
+    with _raw_server(reply) as url:
+        c = UpstreamClient(url, "k", 5.0, 5.0, 0)
+        with pytest.raises(UpstreamError) as info:
+            run(read_all, c.stream({"model": "m", "messages": []}))
+        assert info.value.code == "upstream_bad_output" and "text/html" in info.value.message
+
+
+def test_a_stray_reply_after_a_finished_one_never_becomes_the_next_answer():
+    with _raw_server(_sse_response("ok"), after=_sse_response("STRAY")) as url:
+        c = UpstreamClient(url, "k", 5.0, 5.0, 0)
+        assert run(read_all, c.stream({"model": "m", "messages": []}))[0] == "ok"
+        gevent.sleep(0.6)  # the stray reply has arrived on the pooled connection
+        assert len(c._idle) == 1
+        assert run(read_all, c.stream({"model": "m", "messages": []}))[0] == "ok"  # on a fresh connection

@@ -152,3 +152,18 @@ def test_a_think_block_at_the_start_of_the_content_is_reasoning_however_it_is_cu
 def test_the_splitter_steps_aside_once_the_content_has_begun():
     splitter = ThinkSplitter()
     assert splitter.feed("Hello") == ("", "Hello") and splitter.done
+
+
+def test_a_long_line_is_kept_as_its_pieces_until_it_ends_and_refused_past_the_limit():
+    decoder = EventDecoder(max_line=1 << 22)
+    line = b"data: " + b"x" * (1 << 21)
+    pieces = [line[i : i + 4096] for i in range(0, len(line), 4096)]
+    for piece in pieces:  # 513 reads of one line: held, never joined nor re-split until it ends
+        assert decoder.feed(piece) == []
+    assert decoder._pieces == pieces and decoder._pieces[-1] is pieces[-1]
+    assert decoder.feed(b"\n\n") == [b"x" * (1 << 21)]
+    small = EventDecoder(max_line=1000)
+    small.feed(b"data: " + b"y" * 900)
+    with pytest.raises(UpstreamError) as info:
+        small.feed(b"y" * 200)
+    assert info.value.code == "upstream_bad_output" and "1000 bytes" in info.value.message
