@@ -44,6 +44,8 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.ensure()
     metrics = Metrics()
     metrics.max_generations.set(settings.max_generations_per_worker)
+    registry = build_registry()
+    metrics.start_at_zero([agent.id for agent in registry] + [Housekeeping.id])
     keys = settings.api_key_list()
     authenticator = auth.Authenticator(keys)
     links = None  # without keys a link needs no signature
@@ -57,7 +59,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             settings=settings,
             store=store,
             metrics=metrics,
-            registry=build_registry(),
+            registry=registry,
             housekeeping=Housekeeping(settings.housekeeping_patterns),
             runtime=Runtime(settings, store, metrics),
             bridge=AsyncioBridge(),

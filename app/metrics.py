@@ -121,6 +121,26 @@ class Metrics:
             registry=r,
         )
 
+    def start_at_zero(self, models: list[str]) -> None:
+        """Create every model's series now, at 0, so that rates and alerts work before the first request
+        (a labelled series a process has not touched does not exist)."""
+        for model in models:
+            self.active_generations.labels(model)
+            self.streamed_bytes.labels(model)
+            self.time_to_first_token.labels(model)
+            self.client_disconnects.labels(model)
+            self.heartbeats.labels(model)
+            self.tutorials_written.labels(model)
+            self.tutorial_bytes.labels(model)
+            for outcome in ("completed", "cancelled", "failed", "rejected"):
+                self.generation_duration.labels(model, outcome)
+            for kind in ("content", "reasoning"):
+                self.streamed_tokens.labels(model, kind)
+            for stream in ("true", "false"):
+                self.requests.labels(model, stream, "200")
+        for outcome in ("completed", "cancelled", "failed"):
+            self.llm_requests.labels(outcome)
+
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:
             return generate_latest(self.registry), CONTENT_TYPE_LATEST

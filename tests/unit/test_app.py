@@ -163,3 +163,12 @@ def test_serving_without_api_keys_logs_a_warning_at_start(settings, caplog):
     with caplog.at_level("WARNING", logger="app.api.auth"):
         create_app(settings.model_copy(update={"api_keys": SecretStr("k1")}))
     assert "No API keys configured" not in caplog.text
+
+
+def test_every_models_series_exists_at_zero_from_the_start(settings):
+    text = services(create_app(settings)).metrics.render()[0].decode()
+    for model in ("write_tutorial", "write_teaching_plan", "housekeeping"):
+        assert f'gateway_streamed_bytes_total{{model="{model}"}} 0.0' in text
+        assert f'gateway_generation_duration_seconds_count{{model="{model}",outcome="failed"}} 0.0' in text
+        assert f'gateway_streamed_tokens_total{{kind="content",model="{model}"}} 0.0' in text
+    assert 'gateway_llm_requests_total{outcome="failed"} 0.0' in text
