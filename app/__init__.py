@@ -12,7 +12,7 @@ from app.settings import Settings
 
 def create_app(settings: Settings | None = None) -> Flask:
     """Wire the app. Starts nothing: the asyncio bridge starts on the first generation."""
-    settings = settings or Settings()
+    settings = settings or Settings.load()
     logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     from app.runtime import metagpt_env

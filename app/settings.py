@@ -5,10 +5,11 @@ Every variable is prefixed `GATEWAY_` (e.g. `GATEWAY_LLM_BASE_URL`). Tests build
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -78,6 +79,49 @@ class Settings(BaseSettings):
         if value is not None and not value.is_absolute():
             raise ValueError(f"must be an absolute path, got {str(value)!r}")
         return value
+
+    @field_validator("llm_api_key", mode="before")
+    @classmethod
+    def _header_value(cls, value: object) -> object:
+        """The key goes into an HTTP header: a CRLF .env's trailing `\r` is dropped; a line break
+        inside would inject headers, and only Latin-1 can be sent."""
+        if isinstance(value, str):
+            value = value.strip()
+            if any(ch in value for ch in "\r\n\x00"):
+                raise ValueError("must be one line (it contains a line break or NUL)")
+            try:
+                value.encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError("may contain only Latin-1 characters (it is sent in a header)") from None
+        return value
+
+    @field_validator("llm_base_url")
+    @classmethod
+    def _llm_url(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"must be an http(s) URL such as https://api.openai.com/v1, got {value!r}")
+        if parts.username or parts.password:
+            raise ValueError("must not carry a user name or password: put the key in GATEWAY_LLM_API_KEY")
+        if any(ch in value for ch in "\r\n\x00 "):
+            raise ValueError("must not contain spaces or line breaks")
+        return value
+
+    @classmethod
+    def load(cls) -> Settings:
+        """The settings from the environment. On a bad value: one line on stderr naming each variable,
+        and exit status 3, gunicorn's "worker failed to boot", so the master stops instead of
+        restarting workers that cannot start."""
+        try:
+            return cls()
+        except ValidationError as exc:
+            problems = [
+                f"GATEWAY_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+                for error in exc.errors()
+            ]
+            print("invalid configuration: " + "; ".join(problems), file=sys.stderr, flush=True)
+            raise SystemExit(3) from None
 
     @field_validator("public_base_url")
     @classmethod

@@ -172,3 +172,27 @@ def test_every_models_series_exists_at_zero_from_the_start(settings):
         assert f'gateway_generation_duration_seconds_count{{model="{model}",outcome="failed"}} 0.0' in text
         assert f'gateway_streamed_tokens_total{{kind="content",model="{model}"}} 0.0' in text
     assert 'gateway_llm_requests_total{outcome="failed"} 0.0' in text
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("GATEWAY_LLM_API_KEY", "sk-1\r\nX-Injected: yes", "line break"),
+        ("GATEWAY_LLM_API_KEY", "clé-ключ", "Latin-1"),
+        ("GATEWAY_LLM_BASE_URL", "https://user:pass@llm.example/v1", "user name or password"),
+        ("GATEWAY_LLM_BASE_URL", "llm.example/v1", "http(s) URL"),
+        ("GATEWAY_MAX_GENERATIONS_PER_WORKER", "many", "valid integer"),
+    ],
+)
+def test_a_bad_setting_stops_the_start_with_one_line_naming_it(monkeypatch, capsys, variable, value, says):
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(SystemExit) as info:
+        Settings.load()
+    assert info.value.code == 3  # gunicorn: the worker failed to boot, do not restart it
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("invalid configuration: ") and variable in line and says in line
+
+
+def test_a_crlf_env_files_trailing_return_is_not_sent(monkeypatch):
+    monkeypatch.setenv("GATEWAY_LLM_API_KEY", "sk-1\r")
+    assert Settings.load().llm_api_key.get_secret_value() == "sk-1"
