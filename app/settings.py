@@ -24,6 +24,11 @@ class Settings(BaseSettings):
     llm_connect_timeout_seconds: float = Field(default=10.0, gt=0)
     # One LLM call's whole duration: an upstream that drips bytes never trips the read timeout.
     llm_max_call_seconds: float = Field(default=600.0, gt=0)
+    # Bounds on what an upstream may send, far above any real reply: one call's reply, one SSE line.
+    llm_max_reply_bytes: int = Field(default=8 << 20, gt=0)
+    llm_max_line_bytes: int = Field(default=1 << 20, gt=0)
+    # One generation's streamed content (the file it becomes), in characters.
+    max_content_chars: int = Field(default=4 << 20, gt=0)
     llm_max_tokens: int = Field(default=4096, gt=0)
     # The SDK retries a refused connection or a 5xx before any token was streamed; never mid-stream.
     llm_max_retries: int = Field(default=2, ge=0)

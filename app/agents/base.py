@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from app.api.protocol import Usage
+from app.errors import UpstreamError
 
 if TYPE_CHECKING:
     from app.generation.call import Call
@@ -65,12 +66,14 @@ class AgentResult:
 class Sink:
     """Where one request's output goes. Each request's LLM holds its own sink, so tokens can't cross."""
 
-    def __init__(self, emit: Emit, call: Callable[[Call], None]) -> None:
+    def __init__(self, emit: Emit, call: Callable[[Call], None], max_content: int = 4 << 20) -> None:
         self._emit = emit
         self.call = call
         self.kind: Kind = "reasoning"  # what the agent's next LLM call streams as
         self.usage = Usage()
         self.content_parts: list[str] = []
+        self._content_chars = 0
+        self._max_content = max_content
 
     def emit(self, kind: Kind, text: str) -> None:
         """Text the agent itself adds (a title, a separator, a processed reply)."""
@@ -81,6 +84,12 @@ class Sink:
         """Text that was sent to the client directly (an LLM reply, relayed as it streamed)."""
         if kind == "content":
             self.content_parts.append(text)
+            self._content_chars += len(text)
+            if self._content_chars > self._max_content:
+                raise UpstreamError(
+                    f"The text grew past {self._max_content} characters; nothing was saved.",
+                    code="upstream_bad_output",
+                )
 
     def content(self) -> str:
         return "".join(self.content_parts)

@@ -118,6 +118,7 @@ def chat_completions() -> Response:
         lifecycle=lifecycle,
         started=started,
         max_seconds=settings.max_generation_seconds,
+        max_content_chars=settings.max_content_chars,
     )
 
     if not body.stream:

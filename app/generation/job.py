@@ -77,6 +77,7 @@ class Generation:
         lifecycle: Lifecycle,
         started: float,
         max_seconds: float,
+        max_content_chars: int = 4 << 20,
     ) -> None:
         self.model = agent.id
         self.metrics = metrics
@@ -93,7 +94,9 @@ class Generation:
         self._call: Call | None = None  # the LLM call being relayed
         self._direct: DirectRelay | None = None
         self._client: ReplyClient = runtime.client
-        sink = Sink(lambda kind, text: self._events.put(Token(kind, text)), self._events.put)
+        sink = Sink(
+            lambda kind, text: self._events.put(Token(kind, text)), self._events.put, max_content_chars
+        )
         self._sink = sink
         lifecycle.started(self)
         self._future = bridge.submit(self._job(agent, request, sink, runtime))
@@ -217,7 +220,13 @@ class Generation:
             token = Token("reasoning", read.reasoning)
         if read.text:
             call.parts.append(read.text)
-            self._sink.relayed(call.kind, read.text)
+            try:
+                self._sink.relayed(call.kind, read.text)
+            except UpstreamError as exc:  # past the content limit: the call ends with it
+                self._call = None
+                call.stream.close()  # type: ignore[union-attr]
+                call.settle(exc)
+                return None
             if token is None:
                 token = Token(call.kind, read.text, read.tokens)
             elif call.kind == "reasoning":

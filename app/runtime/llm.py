@@ -164,6 +164,8 @@ class Runtime:
             poll_interval=settings.relay_interval_ms / 1000,
             longest_poll_interval=settings.relay_max_interval_ms / 1000,
             max_call_seconds=settings.llm_max_call_seconds,
+            max_reply_bytes=settings.llm_max_reply_bytes,
+            max_line_bytes=settings.llm_max_line_bytes,
         )
 
     def context(self) -> Context:

@@ -58,6 +58,8 @@ class UpstreamClient:
         poll_interval: float = 0.02,
         longest_poll_interval: float | None = None,
         max_call_seconds: float = 600.0,
+        max_reply_bytes: int = 8 << 20,
+        max_line_bytes: int = 1 << 20,
     ) -> None:
         self.poller = ReadinessPoller(poll_interval, longest_poll_interval)
         url = urlsplit(base_url)
@@ -75,6 +77,8 @@ class UpstreamClient:
         ).encode("latin-1")
         self.read_timeout = read_timeout
         self.max_call_seconds = max_call_seconds
+        self.max_reply_bytes = max_reply_bytes  # one call's reply, on the wire
+        self.max_line_bytes = max_line_bytes  # one SSE line
         self._connect_timeout = connect_timeout
         self.retries = retries
         self._idle: list[_Connection] = []

@@ -96,6 +96,7 @@ class UpstreamStream:
         self._attempt = 0
         self._last = 0.0
         self._began = time.monotonic()
+        self._received = 0  # bytes of this call's replies, retries included
         self.finished = False
         self.closed = False
 
@@ -119,7 +120,7 @@ class UpstreamStream:
             self._response = _Response()
             self._parser = httptools.HttpResponseParser(self._response)
             self._response.parser = self._parser
-            self._decoder = EventDecoder()
+            self._decoder = EventDecoder(self._client.max_line_bytes)
             self._think = ThinkSplitter()
             self._last = time.monotonic()
             try:
@@ -251,6 +252,13 @@ class UpstreamStream:
         # More may be waiting only if the read filled the buffer (or TLS holds decrypted bytes).
         conn.ready = len(data) == _READ_SIZE or (conn.tls and conn.sock.pending() > 0)  # type: ignore[attr-defined]
         self._last = time.monotonic()
+        self._received += len(data)
+        if self._received > self._client.max_reply_bytes:
+            self._drop()
+            raise UpstreamError(
+                f"The upstream LLM's reply exceeded {self._client.max_reply_bytes} bytes.",
+                code="upstream_bad_output",
+            )
         if not data:
             stale = conn.used and not response.headers_done and not response.body
             self._drop()

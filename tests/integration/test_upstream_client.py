@@ -313,3 +313,16 @@ def test_a_stray_reply_after_a_finished_one_never_becomes_the_next_answer():
         gevent.sleep(0.6)  # the stray reply has arrived on the pooled connection
         assert len(c._idle) == 1
         assert run(read_all, c.stream({"model": "m", "messages": []}))[0] == "ok"  # on a fresh connection
+
+
+def test_a_reply_past_its_byte_limit_or_with_an_endless_line_is_refused(llm_server):
+    c = client(llm_server, max_reply_bytes=2000)
+    with pytest.raises(UpstreamError) as info:
+        run(read_all, c.stream(payload("Too long a reply [[pace:0]]")))
+    assert info.value.code == "upstream_bad_output" and "2000 bytes" in info.value.message
+    line = b"data: " + b"x" * 5000
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n" % len(line)
+    with _raw_server(head + line) as url:
+        with pytest.raises(UpstreamError) as info:
+            run(read_all, UpstreamClient(url, "k", 5.0, 5.0, 0, max_line_bytes=1000).stream({"messages": []}))
+        assert info.value.code == "upstream_bad_output" and "1000 bytes" in info.value.message

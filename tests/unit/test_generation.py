@@ -133,6 +133,7 @@ class Harness:
         self.bridge = bridge
         self.lifecycle = Lifecycle(10)
         self.max_seconds = limits.get("max_seconds", 30.0)
+        self.max_content_chars = limits.get("max_content_chars", 4 << 20)
 
     def start(self, topic: str = "gevent") -> Generation:
         return Generation(
@@ -144,6 +145,7 @@ class Harness:
             lifecycle=self.lifecycle,
             started=time.monotonic(),
             max_seconds=self.max_seconds,
+            max_content_chars=self.max_content_chars,
         )
 
     def value(self, name: str, **labels: str) -> float:
@@ -368,3 +370,13 @@ def test_an_upstream_models_thinking_is_reasoning_in_order_and_never_in_the_file
     ]
     (name,) = h.files()
     assert (h.store.folder / name).read_text() == "# Notes\nHi"
+
+
+def test_a_text_past_the_content_limit_ends_with_an_error_and_nothing_is_saved(make):
+    endless = ScriptedReply([Read("word " * 10, 10) for _ in range(100)] + [Read()])
+    h = make(reply("p"), endless, max_content_chars=200)
+    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    error = out[-2]["error"]
+    assert error["code"] == "upstream_bad_output" and "200 characters" in error["message"]
+    assert len(deltas(out, "content")) <= 200 and h.files() == []
+    assert endless.closed and len(endless.script) > 50  # the upstream was closed, not read to its end
