@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import itertools
+import json
+import socket
 import subprocess
 import threading
 import time
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -186,3 +189,42 @@ def test_too_many_streams_is_json_429(proxied):
         for t in threads:
             t.join(30)
     assert statuses == [200] * NGINX_STREAMS
+
+
+def _raw(url: str, request: bytes) -> bytes:
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status", "code"),
+    [
+        (
+            b"GET /v1/" + b"x" * 20000 + b" HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            414,
+            "uri_too_long",
+        ),
+        (
+            b"GET /healthz HTTP/1.1\r\nHost: a\r\nX-Big: " + b"y" * 20000 + b"\r\nConnection: close\r\n\r\n",
+            400,
+            "headers_too_large",
+        ),
+        (
+            b"POST /v1/chat/completions HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n"
+            b"Connection: close\r\n\r\n0\r\n\r\n",
+            501,
+            "not_implemented",
+        ),
+    ],
+)
+def test_what_nginx_refuses_while_reading_a_request_is_a_json_error_too(proxied, request_bytes, status, code):
+    head, _, body = _raw(proxied.url, request_bytes).partition(b"\r\n\r\n")
+    assert head.split(b" ")[1] == str(status).encode(), head
+    assert b"content-type: application/json" in head.lower()
+    error = json.loads(body)["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == code
