@@ -12,6 +12,7 @@ its reads itself, without waking the greenlet (see `app.generation`). Every fail
 from __future__ import annotations
 
 import errno
+import logging
 import ssl
 import time
 from collections.abc import Callable
@@ -28,6 +29,8 @@ from app.upstream.think import ThinkSplitter
 
 if TYPE_CHECKING:
     from app.upstream.client import UpstreamClient, _Connection
+
+log = logging.getLogger(__name__)
 
 # Retried before any byte of the answer arrived: nothing was generated for the client yet.
 _RETRY_STATUSES = {429, 500, 502, 503, 504}
@@ -106,10 +109,16 @@ class UpstreamStream:
         while True:
             try:
                 conn = client.connect()
-            except OSError:  # refused, unreachable, DNS, connect timeout
+            except ssl.SSLCertVerificationError as exc:  # not a passing failure: retrying cannot help
+                log.warning("upstream LLM: TLS certificate not accepted: %s", exc.verify_message or exc)
+                raise UpstreamError(
+                    "The upstream LLM's TLS certificate could not be verified.", code="upstream_unavailable"
+                ) from None
+            except OSError as exc:  # refused, unreachable, DNS, connect timeout, TLS handshake
                 if self._attempt < client.retries:
                     self._pause(_backoff(self._attempt, b""))
                     continue
+                log.warning("upstream LLM could not be reached: %s: %s", type(exc).__name__, exc)
                 raise UpstreamError(
                     "The upstream LLM could not be reached.", code="upstream_unavailable"
                 ) from None

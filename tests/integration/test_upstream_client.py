@@ -223,7 +223,7 @@ http {{
 """
 
 
-def test_tls_upstream_streams_and_reuses_its_connection(llm_server, tmp_path, monkeypatch):
+def test_tls_upstream_streams_and_reuses_its_connection(llm_server, tmp_path, monkeypatch, caplog):
     """An https upstream (nginx terminating TLS with a self-signed certificate the client trusts)."""
     subprocess.run(
         ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
@@ -249,6 +249,13 @@ def test_tls_upstream_streams_and_reuses_its_connection(llm_server, tmp_path, mo
         gevent.sleep(0.3)
         assert c._idle == [first]
         c.close()
+        # A certificate the client does not trust: said as such, and logged with what failed.
+        monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+        untrusting = UpstreamClient(f"https://localhost:{tls_port}/v1", "k", 30.0, 5.0, 2)
+        with caplog.at_level("WARNING", logger="app.upstream.stream"), pytest.raises(UpstreamError) as info:
+            run(read_all, untrusting.stream(payload("Over TLS untrusted")))
+        assert "certificate could not be verified" in info.value.message
+        assert "self-signed certificate" in caplog.text
 
 
 def test_an_upstream_that_drips_bytes_without_text_cannot_hold_a_call_past_its_limit(llm_server):
