@@ -209,6 +209,7 @@ class Generation:
             return None
         if result is _FLUSH:  # the tick relayed a token the client's socket did not take in full
             self._direct.wait()  # type: ignore[union-attr]
+            self._sent_at = time.monotonic()  # the client has taken it only now
             return None
         read: Read = result
         if read.silent:

@@ -87,7 +87,9 @@ def outcomes(stack: Stack, topic: str, count: int, timeout: float = 8) -> tuple[
 
 
 def files_about(stack: Stack, word: str) -> list[str]:
-    return [p.name for p in stack.tutorials.iterdir() if word in p.read_text(encoding="utf-8")]
+    return [
+        p.name for p in stack.tutorials.iterdir() if p.is_file() and word in p.read_text(encoding="utf-8")
+    ]
 
 
 # --- non-streaming clients that leave -----------------------------------------------------------------
