@@ -116,7 +116,8 @@ def test_a_non_streaming_client_that_leaves_cancels_its_generation(stack, proxie
     assert time.monotonic() - left < 5
     assert files_about(stack, topic) == []
     assert (
-        metric(stack.url, "gateway_generation_duration_seconds_count", outcome="cancelled") == cancelled + 1
+        metric(stack.url, "gateway_generation_duration_seconds_count", outcome="cancelled") >= cancelled + 1
+        # (other tests' streams may end meanwhile: the journal above says which call was this one's)
     )
 
 
@@ -212,7 +213,6 @@ def test_open_webui_housekeeping_is_answered_by_the_llm_in_seconds_without_an_ag
     proxied, stack, make_body, field, stream
 ):
     payload = {**make_body(CHAT, model="write_tutorial"), "stream": stream}
-    before = set(stack.tutorials.iterdir())
     count = metric(stack.url, "gateway_generation_duration_seconds_count", model="housekeeping")
     started = time.monotonic()
     if stream:
@@ -228,7 +228,11 @@ def test_open_webui_housekeeping_is_answered_by_the_llm_in_seconds_without_an_ag
     assert time.monotonic() - started < 5  # at 20 tokens/s: a short answer, not a tutorial
     assert model == "write_tutorial"
     assert field in json.loads(answer)  # the format the prompt asked for
-    assert set(stack.tutorials.iterdir()) == before  # no file
+    journal = stack.journal()
+    assert not any(
+        "### Task" in (e["topic"] or "") for e in journal if e["kind"] != "housekeeping"
+    )  # no agent
+    assert files_about(stack, "### Task") == []  # and so no file
     calls = [e for e in stack.journal() if e.get("kind") == "housekeeping" and e.get("task") == field]
     assert calls and calls[-1]["outcome"] == "completed"
     if field == "title":
