@@ -72,8 +72,8 @@ class Sink:
         self.kind: Kind = "reasoning"  # what the agent's next LLM call streams as
         self.usage = Usage()
         self.content_parts: list[str] = []
-        self._content_chars = 0
         self._max_content = max_content
+        self._room = max_content  # characters of content still allowed
 
     def emit(self, kind: Kind, text: str) -> None:
         """Text the agent itself adds (a title, a separator, a processed reply)."""
@@ -84,8 +84,8 @@ class Sink:
         """Text that was sent to the client directly (an LLM reply, relayed as it streamed)."""
         if kind == "content":
             self.content_parts.append(text)
-            self._content_chars += len(text)
-            if self._content_chars > self._max_content:
+            self._room -= len(text)
+            if self._room < 0:
                 raise UpstreamError(
                     f"The text grew past {self._max_content} characters; nothing was saved.",
                     code="upstream_bad_output",

@@ -99,7 +99,7 @@ class UpstreamStream:
         self._attempt = 0
         self._last = 0.0
         self._began = time.monotonic()
-        self._received = 0  # bytes of this call's replies, retries included
+        self._room = client.max_reply_bytes  # bytes this call's replies may still take, retries included
         self.finished = False
         self.closed = False
 
@@ -261,8 +261,8 @@ class UpstreamStream:
         # More may be waiting only if the read filled the buffer (or TLS holds decrypted bytes).
         conn.ready = len(data) == _READ_SIZE or (conn.tls and conn.sock.pending() > 0)  # type: ignore[attr-defined]
         self._last = time.monotonic()
-        self._received += len(data)
-        if self._received > self._client.max_reply_bytes:
+        self._room -= len(data)
+        if self._room < 0:
             self._drop()
             raise UpstreamError(
                 f"The upstream LLM's reply exceeded {self._client.max_reply_bytes} bytes.",
