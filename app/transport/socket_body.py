@@ -11,11 +11,19 @@ import gevent.socket
 SOCKET_BODY_KEY = "gateway.socket_body"  # set by app.transport.worker: the app may write HTTP/1.x itself
 
 
+def _worker_socket(environ: dict[str, Any]) -> gevent.socket.socket | None:
+    """The client's socket, when the gateway's gunicorn worker marked the request as its own."""
+    sock = environ.get("gunicorn.socket")
+    if not environ.get(SOCKET_BODY_KEY) or not isinstance(sock, gevent.socket.socket):
+        return None
+    return sock
+
+
 def hang_up_check(environ: dict[str, Any]) -> Callable[[], bool] | None:
     """For a request on the gateway's gunicorn worker: a check of whether its client has hung up
     (the connection reads as closed; bytes of a next request mean it is still there). None elsewhere."""
-    sock = environ.get("gunicorn.socket")
-    if not environ.get(SOCKET_BODY_KEY) or not isinstance(sock, gevent.socket.socket):
+    sock = _worker_socket(environ)
+    if sock is None:
         return None
     raw = sock._sock  # non-blocking: gevent's own recv would wait for a byte
 
@@ -64,11 +72,9 @@ class SocketBody:
         """For an HTTP/1.x request on the gateway's gunicorn worker, which says so in the environ
         (`app.transport.worker`: only it knows the wire is HTTP, not uwsgi); None elsewhere: the body
         is then yielded (the Flask test client, other servers)."""
-        sock = environ.get("gunicorn.socket")
+        sock = _worker_socket(environ)
         protocol = environ.get("SERVER_PROTOCOL")
-        if not environ.get(SOCKET_BODY_KEY) or not isinstance(sock, gevent.socket.socket):
-            return None
-        if protocol not in ("HTTP/1.1", "HTTP/1.0"):
+        if sock is None or protocol not in ("HTTP/1.1", "HTTP/1.0"):
             return None
         return cls(sock, chunked=protocol == "HTTP/1.1")
 
