@@ -106,6 +106,34 @@ def nginx_in_front(
         yield Proxied(url=url, status_url=f"http://127.0.0.1:{status_port}", app=stack, prefix=prefix)
 
 
+@contextmanager
+def gateway_behind_nginx(
+    llm_url: str, folder: Path, env: dict[str, str], max_generation_seconds: int = 900
+) -> Iterator[Proxied]:
+    """A gateway of its own (one worker, settings `env` on top of `gateway_env`) behind a real nginx
+    with generous per-client limits: for tests that need settings the session's stack does not have."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = folder / "gunicorn.log"
+    sock = folder / "gunicorn.sock"
+    with server(
+        gunicorn_args(port, unix_socket=sock),
+        health_url=f"{url}/readyz",
+        log=log,
+        env=gateway_env(llm_url, folder, **env),
+    ) as proc:
+        app = Stack(url, llm_url, folder / "tutorials", log, proc.pid, sock)
+        with nginx_in_front(
+            app,
+            folder / "nginx",
+            streams=100,
+            rate=1000,
+            burst=1000,
+            max_generation_seconds=max_generation_seconds,
+        ) as proxied:
+            yield proxied
+
+
 @pytest.fixture(scope="session")
 def proxied(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxied]:
     with nginx_in_front(stack, tmp_path_factory.mktemp("nginx"), NGINX_STREAMS, rate=50, burst=100) as p:

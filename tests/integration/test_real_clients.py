@@ -8,7 +8,6 @@ import json
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
 from dataclasses import dataclass
 from urllib.parse import parse_qs, urlsplit
 
@@ -16,11 +15,10 @@ import httpx
 import openai
 import pytest
 
-from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
+from tests.integration.conftest import Proxied, Stack, gateway_behind_nginx
 from tests.integration.helpers import LINK_PREFIX as LINK_MARK
 from tests.integration.helpers import body, metric, split_link, stream_raw
 from tests.openwebui_prompts import follow_ups_body, tags_body, title_body
-from tests.procs import free_port, gunicorn_args, server
 
 pytestmark = pytest.mark.integration
 
@@ -39,39 +37,14 @@ class Keyed:
 def keyed(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Keyed]:
     """A worker with an API key, short-lived links and a short generation limit, behind nginx told
     the same limit."""
+    env = {
+        "GATEWAY_API_KEYS": KEY,
+        "GATEWAY_LINK_TTL_SECONDS": str(LINK_TTL),
+        "GATEWAY_MAX_GENERATION_SECONDS": str(LIMIT_SECONDS),
+    }
     folder = tmp_path_factory.mktemp("keyed")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = gateway_env(
-        llm_server,
-        folder,
-        GATEWAY_API_KEYS=KEY,
-        GATEWAY_LINK_TTL_SECONDS=str(LINK_TTL),
-        GATEWAY_MAX_GENERATION_SECONDS=str(LIMIT_SECONDS),
-    )
-    with ExitStack() as stack:
-        proc = stack.enter_context(
-            server(
-                gunicorn_args(port, unix_socket=folder / "gunicorn.sock"),
-                health_url=f"{url}/readyz",
-                log=folder / "gunicorn.log",
-                env=env,
-            )
-        )
-        app = Stack(
-            url, llm_server, folder / "tutorials", folder / "gunicorn.log", proc.pid, folder / "gunicorn.sock"
-        )
-        nginx = stack.enter_context(
-            nginx_in_front(
-                app,
-                folder / "nginx",
-                streams=100,
-                rate=1000,
-                burst=1000,
-                max_generation_seconds=LIMIT_SECONDS,
-            )
-        )
-        yield Keyed(app=app, nginx=nginx)
+    with gateway_behind_nginx(llm_server, folder, env, max_generation_seconds=LIMIT_SECONDS) as proxied:
+        yield Keyed(app=proxied.app, nginx=proxied)
 
 
 def outcomes(stack: Stack, topic: str, count: int, timeout: float = 8) -> tuple[list[dict], float]:

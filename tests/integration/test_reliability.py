@@ -10,7 +10,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack
 from dataclasses import dataclass
 
 import httpx
@@ -18,7 +17,7 @@ import openai
 import psutil
 import pytest
 
-from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
+from tests.integration.conftest import Proxied, Stack, gateway_behind_nginx, gateway_env
 from tests.integration.helpers import body, metric, settle, split_link, stream_raw
 from tests.procs import free_port, gunicorn_args, server
 
@@ -40,37 +39,14 @@ class Guarded:
 def guarded(llm_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guarded]:
     """One worker with API keys, a limit of 3 generations, no upstream retries and a 2 s read timeout."""
     folder = tmp_path_factory.mktemp("guarded")
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    env = gateway_env(
-        llm_server,
-        folder,
-        GATEWAY_API_KEYS=",".join(KEYS),
-        GATEWAY_MAX_GENERATIONS_PER_WORKER=str(LIMIT),
-        GATEWAY_LLM_MAX_RETRIES="0",
-        GATEWAY_LLM_TIMEOUT_SECONDS="2",
-    )
-    with ExitStack() as stack:
-        proc = stack.enter_context(
-            server(
-                gunicorn_args(port, unix_socket=folder / "gunicorn.sock"),
-                health_url=f"{url}/readyz",
-                log=folder / "gunicorn.log",
-                env=env,
-            )
-        )
-        app = Stack(
-            url=url,
-            llm_url=llm_server,
-            tutorials=folder / "tutorials",
-            log=folder / "gunicorn.log",
-            pid=proc.pid,
-            unix_socket=folder / "gunicorn.sock",
-        )
-        proxied = stack.enter_context(
-            nginx_in_front(app, folder / "nginx", streams=100, rate=1000, burst=1000)
-        )
-        yield Guarded(app=app, nginx=proxied)
+    env = {
+        "GATEWAY_API_KEYS": ",".join(KEYS),
+        "GATEWAY_MAX_GENERATIONS_PER_WORKER": str(LIMIT),
+        "GATEWAY_LLM_MAX_RETRIES": "0",
+        "GATEWAY_LLM_TIMEOUT_SECONDS": "2",
+    }
+    with gateway_behind_nginx(llm_server, folder, env) as proxied:
+        yield Guarded(app=proxied.app, nginx=proxied)
 
 
 # --- API keys ---------------------------------------------------------------------------------------
