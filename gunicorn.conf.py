@@ -33,9 +33,14 @@ loglevel = _env("GATEWAY_GUNICORN_LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Empty the metrics directory of a previous run: its files would be summed into this run's counters."""
+    """Create the admission table the workers share (app.capacity), and empty the metrics directory of a
+    previous run: its files would be summed into this run's counters."""
     import pathlib
     import shutil
+
+    from app import capacity
+
+    capacity.create().set_workers(server.num_workers)
 
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:
@@ -48,8 +53,22 @@ def on_starting(server):
     path.mkdir(parents=True)
 
 
+def nworkers_changed(server, new_value, old_value):
+    """TTIN/TTOU or a reload changed the number of workers: capacity follows it."""
+    from app import capacity
+
+    table = capacity.shared()
+    if table is not None:
+        table.set_workers(new_value)
+
+
 def child_exit(server, worker):
-    """A dead worker's live gauges must stop counting (multiprocess mode)."""
+    """A dead worker's generations and live gauges must stop counting (multiprocess mode)."""
+    from app import capacity
+
+    table = capacity.shared()
+    if table is not None:
+        table.release_process(worker.pid)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
 

@@ -20,7 +20,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     metagpt_env.prepare(settings)  # NOTE: must precede every metagpt import, hence the imports below
     metagpt_env.configure_logging(settings)
     metagpt_env.cache_models_config()
-    from app import services
+    from app import capacity, services
     from app.agents.housekeeping import Housekeeping
     from app.agents.registry import build_registry
     from app.api import auth, completions, files, health, models
@@ -63,7 +63,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             housekeeping=Housekeeping(settings.housekeeping_patterns),
             runtime=Runtime(settings, store, metrics),
             bridge=AsyncioBridge(),
-            lifecycle=Lifecycle(settings.max_generations_per_worker),
+            lifecycle=Lifecycle(settings.max_generations_per_worker, capacity.shared()),
             auth=authenticator,
             links=links,
             openapi=health.load_openapi(),

@@ -1,5 +1,9 @@
 """Admission and shutdown for one worker: how many generations run, and draining on SIGTERM.
 
+Under gunicorn, admission counts every worker's generations (`app.capacity`): with W workers and a limit
+of L each, the server admits W x L whichever worker a request reaches. Outside gunicorn (one process),
+it counts this process's own.
+
 NOTE: all of this runs on the worker's one thread (WSGI greenlets and the drain greenlet), so the set
 needs no lock.
 """
@@ -7,6 +11,7 @@ needs no lock.
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING
 
 import gevent
@@ -14,34 +19,54 @@ import gevent
 from app.errors import RateLimited, ShuttingDown, Unavailable
 
 if TYPE_CHECKING:
+    from app.capacity import SharedCounts
     from app.generation.job import Generation
 
 log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, max_generations: int) -> None:
-        self.max_generations = max_generations
+    def __init__(self, max_generations: int, shared: SharedCounts | None = None) -> None:
+        self.max_generations = max_generations  # per worker
         self.active: set[Generation] = set()
         self.draining = False
         self.refusing = False  # while draining, whether new work is refused (see drain)
+        self._shared = shared
+        self._slot = shared.claim(os.getpid()) if shared is not None and shared.workers > 0 else None
+        if shared is not None and self._slot is None:
+            log.warning("no free slot in the shared admission table: this worker counts only its own")
+
+    @property
+    def capacity(self) -> int:
+        """How many generations may run at once: server-wide under gunicorn, else this process's."""
+        if self._shared is not None and self._slot is not None:
+            return self.max_generations * self._shared.workers
+        return self.max_generations
 
     def admit(self) -> None:
-        """Raise unless a new generation may start now (before any work or byte is sent)."""
+        """Raise unless a new generation may start now (before any work or byte is sent). Once admitted,
+        a generation counts until `ended`: the caller must go on to create it (which calls `started`)."""
         if self.refusing:
             raise ShuttingDown("The server is shutting down; retry shortly.", headers={"Retry-After": "1"})
-        if len(self.active) >= self.max_generations:
-            raise RateLimited(
-                f"The server is at its limit of {self.max_generations} concurrent generations per worker; "
-                "retry shortly.",
-                headers={"Retry-After": "2"},
-            )
+        if self._shared is not None and self._slot is not None:
+            capacity = self.max_generations * self._shared.workers
+            if self._shared.try_acquire(self._slot, capacity):
+                return
+        elif len(self.active) < self.max_generations:
+            return
+        raise RateLimited(
+            f"The server is at its limit of {self.capacity} concurrent generations; retry shortly.",
+            headers={"Retry-After": "2"},
+        )
 
     def started(self, generation: Generation) -> None:
         self.active.add(generation)
 
     def ended(self, generation: Generation) -> None:
-        self.active.discard(generation)
+        if generation in self.active:
+            self.active.remove(generation)
+            if self._shared is not None and self._slot is not None:
+                self._shared.release(self._slot)
 
     def drain(self, deadline_seconds: float, *, refuse_new: bool = True) -> None:
         """SIGTERM: readiness turns false, and new work is refused unless `refuse_new` is false, which a

@@ -67,7 +67,8 @@ class Settings(BaseSettings):
     first_event_wait_seconds: float = Field(default=3.0, ge=0)
     max_body_bytes: int = Field(default=1 << 20, gt=0)
 
-    # Admission and limits. A worker runs at most this many generations; past it, 429 before any work.
+    # Admission and limits. The server (all workers together) runs at most workers x this many generations;
+    # past it, 429 before any work.
     max_generations_per_worker: int = Field(default=200, gt=0)
     max_generation_seconds: float = Field(default=900.0, gt=0)
     max_messages: int = Field(default=256, gt=0)

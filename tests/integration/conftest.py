@@ -82,9 +82,16 @@ class Proxied:
 
 @contextmanager
 def nginx_in_front(
-    stack: Stack, prefix: Path, streams: int, rate: int, burst: int, max_generation_seconds: int = 900
+    stack: Stack,
+    prefix: Path,
+    streams: int,
+    rate: int,
+    burst: int,
+    max_generation_seconds: int = 900,
+    extra: dict[str, str] | None = None,
 ) -> Iterator[Proxied]:
-    """Real nginx with the rendered template, in front of `stack`'s gunicorn."""
+    """Real nginx with the rendered template, in front of `stack`'s gunicorn; `extra` sets more of the
+    template's variables."""
     port, status_port = free_port(), free_port()
     conf = prepare_nginx(
         prefix,
@@ -97,6 +104,7 @@ def nginx_in_front(
             "NGINX_RATE_PER_CLIENT": str(rate),
             "NGINX_RATE_BURST": str(burst),
             "GATEWAY_MAX_GENERATION_SECONDS": str(max_generation_seconds),
+            **(extra or {}),
         },
     )
     url = f"http://127.0.0.1:{port}"
@@ -108,16 +116,22 @@ def nginx_in_front(
 
 @contextmanager
 def gateway_behind_nginx(
-    llm_url: str, folder: Path, env: dict[str, str], max_generation_seconds: int = 900
+    llm_url: str,
+    folder: Path,
+    env: dict[str, str],
+    max_generation_seconds: int = 900,
+    workers: int = 1,
+    limits: dict[str, str] | None = None,
 ) -> Iterator[Proxied]:
-    """A gateway of its own (one worker, settings `env` on top of `gateway_env`) behind a real nginx
-    with generous per-client limits: for tests that need settings the session's stack does not have."""
+    """A gateway of its own (`workers` workers, settings `env` on top of `gateway_env`) behind a real
+    nginx with generous per-client limits unless `limits` says otherwise: for tests that need settings
+    the session's stack does not have."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = folder / "gunicorn.log"
     sock = folder / "gunicorn.sock"
     with server(
-        gunicorn_args(port, unix_socket=sock),
+        gunicorn_args(port, workers=workers, unix_socket=sock),
         health_url=f"{url}/readyz",
         log=log,
         env=gateway_env(llm_url, folder, **env),
@@ -130,6 +144,7 @@ def gateway_behind_nginx(
             rate=1000,
             burst=1000,
             max_generation_seconds=max_generation_seconds,
+            extra=limits,
         ) as proxied:
             yield proxied
 
