@@ -6,11 +6,14 @@ Every variable is prefixed `GATEWAY_` (e.g. `GATEWAY_LLM_BASE_URL`). Tests build
 from __future__ import annotations
 
 import sys
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+_BEARER_TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
 
 
 class Settings(BaseSettings):
@@ -99,6 +102,20 @@ class Settings(BaseSettings):
                 value.encode("latin-1")
             except UnicodeEncodeError:
                 raise ValueError("may contain only Latin-1 characters (it is sent in a header)") from None
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _bearer_tokens(cls, value: SecretStr | None) -> SecretStr | None:
+        """Each key is a bearer token (RFC 6750's b64token): letters, digits and `-._~+/`, then `=`s.
+        nginx reads them too, to limit clients per key (nginx/templates), so nothing else may appear."""
+        if value is not None:
+            for key in value.get_secret_value().split(","):
+                if key.strip() and not _BEARER_TOKEN.fullmatch(key.strip()):
+                    raise ValueError(
+                        "each comma-separated key may contain only letters, digits and -._~+/ "
+                        "(then trailing =), as a bearer token"
+                    )
         return value
 
     @field_validator("llm_base_url")

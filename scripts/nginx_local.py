@@ -54,6 +54,8 @@ def prepare(
         "GATEWAY_MAX_GENERATION_SECONDS": str(
             int(float(os.environ.get("GATEWAY_MAX_GENERATION_SECONDS", "900")))
         ),
+        # The keys the app accepts (nginx limits each key's client on its own); empty: by address.
+        "GATEWAY_API_KEYS": os.environ.get("GATEWAY_API_KEYS", ""),
         **DEFAULT_LIMITS,
         **(limits or {}),
     }

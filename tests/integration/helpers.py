@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,3 +72,21 @@ def settle(url: str, name: str, expected: float, timeout: float = 10) -> float:
     while (value := metric(url, name)) != expected and time.monotonic() < deadline:
         time.sleep(0.1)
     return value
+
+
+def hold_stream(
+    client: httpx.Client, url: str, topic: str, stack: ExitStack, headers: dict[str, str] | None = None
+) -> httpx.Response:
+    """Send a streaming request; when admitted (200), read its first chunk and keep it open until
+    `stack` closes. Returns the response, whatever its status."""
+    request = client.build_request(
+        "POST", f"{url}/v1/chat/completions", json=body(topic, stream=True), headers=headers
+    )
+    response = client.send(request, stream=True)
+    stack.callback(response.close)
+    if response.status_code == 200:
+        chunks = response.iter_raw()
+        next(chunks)  # the role chunk: the generation runs
+        # NOTE: the iterator is kept: once collected, httpx closes the response (a hang-up).
+        response.extensions["test.chunks"] = chunks
+    return response

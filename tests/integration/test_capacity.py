@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from tests.integration.conftest import gateway_behind_nginx
-from tests.integration.helpers import body, settle
+from tests.integration.helpers import hold_stream, settle
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +26,7 @@ HELD = "Capacity {n} [[fault:stall]][[fault_at:outline]][[after:1]][[stall:60]]"
 
 
 def open_stream(client: httpx.Client, url: str, n: int, stack: ExitStack) -> httpx.Response:
-    """Send a streaming request and keep it open (its response stays in `stack`)."""
-    payload = body(HELD.format(n=n), stream=True)
-    request = client.build_request("POST", f"{url}/v1/chat/completions", json=payload)
-    response = client.send(request, stream=True)
-    stack.callback(response.close)
-    return response
+    return hold_stream(client, url, HELD.format(n=n), stack)
 
 
 def fill(client: httpx.Client, url: str, stack: ExitStack, first: int) -> list[httpx.Response]:
@@ -45,10 +40,6 @@ def fill(client: httpx.Client, url: str, stack: ExitStack, first: int) -> list[h
             assert b'"rate_limit_error"' in error and f"limit of {CAPACITY}".encode() in error, error
             assert response.headers["retry-after"]
             break
-        chunks = response.iter_raw()
-        next(chunks)  # the role chunk: the generation runs
-        # NOTE: the iterator is kept: once collected, httpx closes the response (a hang-up).
-        response.extensions["test.chunks"] = chunks
         admitted.append(response)
     return admitted
 

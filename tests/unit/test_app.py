@@ -182,6 +182,9 @@ def test_every_models_series_exists_at_zero_from_the_start(settings):
         ("GATEWAY_LLM_BASE_URL", "https://user:pass@llm.example/v1", "user name or password"),
         ("GATEWAY_LLM_BASE_URL", "llm.example/v1", "http(s) URL"),
         ("GATEWAY_MAX_GENERATIONS_PER_WORKER", "many", "valid integer"),
+        # nginx reads the keys too (per-key limits): a quote or `$` would break or change its config
+        ("GATEWAY_API_KEYS", 'good-key,bad"key', "bearer token"),
+        ("GATEWAY_API_KEYS", "sk-$host", "bearer token"),
     ],
 )
 def test_a_bad_setting_stops_the_start_with_one_line_naming_it(monkeypatch, capsys, variable, value, says):
