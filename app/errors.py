@@ -110,6 +110,14 @@ class AgentError(APIError):
     code = "agent_error"
 
 
+class StorageError(APIError):
+    """The files folder cannot take a file: too little free space (`storage_full`) or a failed write."""
+
+    status = 507
+    type = "server_error"
+    code = "storage_error"
+
+
 # Statuses werkzeug raises itself (routing, body limits) mapped to OpenAI-style types and codes.
 _HTTP_TYPES = {
     400: ("invalid_request_error", "bad_request"),

@@ -5,8 +5,8 @@ Every variable is prefixed `GATEWAY_` (e.g. `GATEWAY_LLM_BASE_URL`). Tests build
 
 from __future__ import annotations
 
-import sys
 import re
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -50,6 +50,18 @@ class Settings(BaseSettings):
     metagpt_prompt_log: bool = False
     metagpt_log_level: str = "WARNING"  # MetaGPT logs whole replies at INFO
     log_level: str = "INFO"
+
+    # The files folder. Below this much free space, readiness is false and new generations are refused
+    # before any work (a write that fails anyway is `storage_full` / `storage_error`, not `agent_error`).
+    min_free_bytes: int = Field(default=64 << 20, ge=0)
+    # Retention, enforced by one worker (app.retention): files older than `retention_seconds` go, then
+    # the oldest while the folder holds more than `retention_max_bytes`; 0 turns either off. Neither
+    # removes a file younger than `retention_grace_seconds` (it was just linked). Checked every
+    # `retention_interval_seconds`.
+    retention_seconds: int = Field(default=30 * 24 * 3600, ge=0)
+    retention_max_bytes: int = Field(default=1 << 30, ge=0)
+    retention_grace_seconds: int = Field(default=3600, ge=0)
+    retention_interval_seconds: float = Field(default=300.0, gt=0)
 
     # Links and agent options. With API keys, download links are signed and expire after this long;
     # the secret defaults to one derived from the keys (set it to keep links across key rotations).

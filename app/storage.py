@@ -59,6 +59,11 @@ class FileStore:
             raise
         return final
 
+    def free_bytes(self) -> int:
+        """Free space an unprivileged writer may use in the folder's filesystem."""
+        stat = os.statvfs(self.folder)
+        return stat.f_bavail * stat.f_frsize
+
     def resolve(self, name: str) -> Path | None:
         """The path of a downloadable file, or None: bad names, links and non-files are refused."""
         if not is_valid_name(name):

@@ -13,12 +13,13 @@ from app.agents.base import AgentRequest
 from app.agents.housekeeping import Housekeeping
 from app.api import sse
 from app.api.protocol import ChatCompletionRequest, Completion, file_link, parse_request
-from app.errors import APIError, InvalidRequest, ModelNotFound, UnsupportedMediaType
+from app.errors import APIError, InvalidRequest, ModelNotFound, StorageError, UnsupportedMediaType
 from app.generation.body import stream
 from app.generation.job import ClientGone, Failed, Generation, collect
 from app.metrics import OTHER_MODEL
 from app.services import services
 from app.settings import Settings
+from app.storage import FileStore
 from app.transport.socket_body import SocketBody, hang_up_check
 
 bp = Blueprint("completions", __name__)
@@ -86,6 +87,20 @@ def _agent_request(
     return AgentRequest(topic=topic, language=language, temperature=body.temperature), False
 
 
+def check_room(store: FileStore, margin: int) -> None:
+    """Refuse (507 `storage_full`) while the files folder has less than `margin` bytes free."""
+    try:
+        free = store.free_bytes() if margin else margin
+    except OSError as exc:
+        raise StorageError(f"The server's file storage is unavailable ({exc.strerror}).") from None
+    if free < margin:
+        raise StorageError(
+            "The server is low on disk space for new files; retry later.",
+            code="storage_full",
+            headers={"Retry-After": "60"},
+        )
+
+
 @bp.post("/v1/chat/completions")
 def chat_completions() -> Response:
     started = time.monotonic()
@@ -102,6 +117,8 @@ def chat_completions() -> Response:
     g.metrics_model = agent.id
     base_url = _base_url()
     try:
+        if not housekeeping:  # an agent's run ends in a file: refuse it before any work if it has no room
+            check_room(svc.store, settings.min_free_bytes)
         lifecycle.admit()
     except APIError as exc:
         metrics.rejected_requests.labels(exc.code or "rejected").inc()

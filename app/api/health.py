@@ -25,8 +25,15 @@ def healthz() -> Response:
 def readyz() -> Response:
     svc = services()
     draining = svc.lifecycle.draining
-    ready = svc.store.folder.is_dir() and not draining
-    response = jsonify({"status": "ready" if ready else ("draining" if draining else "not ready")})
+    margin = svc.settings.min_free_bytes
+    try:
+        room = not margin or svc.store.free_bytes() >= margin
+        present = svc.store.folder.is_dir()
+    except OSError:
+        room = present = False
+    ready = present and room and not draining
+    status = "draining" if draining else "ready" if ready else "low on disk" if present else "not ready"
+    response = jsonify({"status": status})
     response.status_code = 200 if ready else 503
     return response
 

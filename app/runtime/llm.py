@@ -7,6 +7,8 @@ Imports metagpt: only import after `app.runtime.metagpt_env.prepare`.
 from __future__ import annotations
 
 import asyncio
+import errno
+import logging
 import time
 from typing import Any
 
@@ -19,13 +21,15 @@ from metagpt.utils.cost_manager import CostManager
 from metagpt.utils.token_counter import TOKEN_COSTS
 
 from app.agents.base import Agent, AgentResult, Artifact, Sink, WrittenFile
-from app.errors import AgentError, APIError, UpstreamError
+from app.errors import AgentError, APIError, StorageError, UpstreamError
 from app.generation.call import Call
 from app.metrics import Metrics
 from app.runtime.bridge import off_loop
 from app.settings import Settings
 from app.storage import FileStore
 from app.upstream.client import UpstreamClient
+
+log = logging.getLogger(__name__)
 
 
 class GatewayLLM(OpenAILLM):
@@ -192,7 +196,16 @@ class Runtime:
             raise AgentError(f"The streamed {agent.artifact} differs from the agent's; it was not saved.")
         data = artifact.text.encode("utf-8")
         name = self.store.new_name(artifact.title, default=agent.default_title)
-        await off_loop(self.store.write, name, data)  # its fsync must not stop the worker
+        try:
+            await off_loop(self.store.write, name, data)  # its fsync must not stop the worker
+        except OSError as exc:
+            log.error("could not save %s (%d bytes): %s", name, len(data), exc)
+            full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            raise StorageError(
+                f"The server could not save the {agent.artifact}: "
+                + ("its disk is full." if full else "its storage failed."),
+                code="storage_full" if full else "storage_error",
+            ) from None
         self.metrics.tutorials_written.labels(agent.id).inc()
         self.metrics.tutorial_bytes.labels(agent.id).inc(len(data))
         written = WrittenFile(
