@@ -28,6 +28,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.errors import register_error_handlers
     from app.lifecycle import Lifecycle
     from app.metrics import Metrics
+    from app.retention import Retention
     from app.runtime.bridge import AsyncioBridge
     from app.runtime.llm import Runtime
     from app.storage import FileStore
@@ -67,6 +68,14 @@ def create_app(settings: Settings | None = None) -> Flask:
             auth=authenticator,
             links=links,
             openapi=health.load_openapi(),
+            retention=Retention(
+                store.folder,
+                metrics,
+                max_age=settings.retention_seconds,
+                max_bytes=settings.retention_max_bytes,
+                grace=settings.retention_grace_seconds,
+                interval=settings.retention_interval_seconds,
+            ),
         ),
     )
     auth.install(app, authenticator, links)

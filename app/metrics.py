@@ -121,6 +121,35 @@ class Metrics:
             registry=r,
         )
 
+        # Retention (app.retention): set by the one worker that enforces it, so `livemax` shows its values.
+        self.files_kept = Gauge(
+            "gateway_files_kept",
+            "Files in the files folder after the last retention sweep.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.files_kept_bytes = Gauge(
+            "gateway_files_kept_bytes",
+            "Bytes of those files.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.files_removed = Counter(
+            "gateway_files_removed",
+            "Files removed by retention: age, size (the folder's cap), temp (a crashed write's leftover).",
+            ["reason"],
+            registry=r,
+        )
+        self.files_removed_bytes = Counter(
+            "gateway_files_removed_bytes", "Bytes removed by retention.", ["reason"], registry=r
+        )
+        self.retention_last_sweep = Gauge(
+            "gateway_retention_last_sweep_timestamp_seconds",
+            "When retention last swept the folder (Unix time).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+
     def start_at_zero(self, models: list[str]) -> None:
         """Create every model's series now, at 0, so that rates and alerts work before the first request
         (a labelled series a process has not touched does not exist)."""
@@ -140,6 +169,9 @@ class Metrics:
                 self.requests.labels(model, stream, "200")
         for outcome in ("completed", "cancelled", "failed"):
             self.llm_requests.labels(outcome)
+        for reason in ("age", "size", "temp"):
+            self.files_removed.labels(reason)
+            self.files_removed_bytes.labels(reason)
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app.api.links import LinkSigner
     from app.lifecycle import Lifecycle
     from app.metrics import Metrics
+    from app.retention import Retention
     from app.runtime.bridge import AsyncioBridge
     from app.runtime.llm import Runtime
     from app.settings import Settings
@@ -38,6 +39,7 @@ class Services:
     auth: Authenticator
     links: LinkSigner | None  # signs download links when API keys are required
     openapi: dict[str, Any]
+    retention: Retention  # started by gunicorn's worker (app.transport.worker), not by the app
 
 
 def init_app(app: Flask, services: Services) -> None:

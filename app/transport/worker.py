@@ -80,13 +80,18 @@ class GatewayWorker(GeventWorker):
         super().init_process()
 
     def load_wsgi(self) -> None:
-        """Tell the app it may write a streaming body's later events to the socket itself
-        (`app.transport.socket_body`): true when gunicorn speaks HTTP on it (not uwsgi). Then freeze
+        """Start the files' retention (one worker of the server leads it), and tell the app it may
+        write a streaming body's later events to the socket itself (`app.transport.socket_body`):
+        true when gunicorn speaks HTTP on it (not uwsgi). Then freeze
         what the app (MetaGPT included) leaves in memory: hundreds of thousands of long-lived objects,
         which a full collection would walk while every stream of the worker waits (seen in the
         benchmark as simultaneous gaps)."""
         super().load_wsgi()
         gc.freeze()
+        if isinstance(self.wsgi, Flask) and "gateway" in self.wsgi.extensions:
+            from app.services import services
+
+            services(self.wsgi).retention.start()  # one worker of the server sweeps (app.retention)
         if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
             return
         from app.transport.socket_body import SOCKET_BODY_KEY  # imported with the app already
