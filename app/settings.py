@@ -77,6 +77,9 @@ class Settings(BaseSettings):
 
     # Streaming.
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # A client that takes none of a stream's bytes for this long is treated as gone (nginx reads at
+    # once; this bounds a client connected straight to gunicorn), as nginx's send_timeout.
+    send_timeout_seconds: float = Field(default=60.0, gt=0)
     # How long a stream waits for the agent's first event before sending headers; an upstream failure
     # inside this window becomes a proper HTTP status instead of an error event.
     first_event_wait_seconds: float = Field(default=3.0, ge=0)

@@ -17,6 +17,10 @@ Directives (:data:`KNOWN_DIRECTIVES`):
     tokens per second for this request (0 = no delay), instead of the server's ``--pace``.
 ``[[title:T]]``, ``[[sections:N]]``
     the tutorial's title and number of sections, the teaching plan's title.
+``[[section_chars:N]]``
+    each tutorial section is at least N characters long (a verbose model).
+``[[chunk_chars:N]]``
+    the answer's tokens are sent joined into chunks of at least N characters.
 ``[[fault:NAME]]``
     a misbehaviour (:data:`FAULTS`): ``http500``, ``http429``, ``close`` (hang up before answering),
     ``cut`` / ``stall`` (after ``[[after:N]]`` tokens, default 5; a stall lasts ``[[stall:S]]``
@@ -113,7 +117,7 @@ _TOKEN_RE = re.compile(r"\s*\S{1,12}|\s+")
 KNOWN_DIRECTIVES = frozenset(
     {
         "pace", "title", "sections", "fault", "fault_at", "stall", "after", "drip_every", "reasoning",
-        "think_seconds",
+        "think_seconds", "section_chars", "chunk_chars",
     }
 )  # fmt: skip
 
@@ -306,7 +310,7 @@ def pieces(plan: Plan) -> tuple[list[tuple[str, str]], int]:
     ``reasoning``) for thinking sent apart; in ``think`` mode the thinking is content inside
     ``<think>`` tags.  Joining the content tokens gives the message's content.
     """
-    answer = [("content", token) for token in tokenize(plan.text)]
+    answer = [("content", token) for token in _chunked(tokenize(plan.text), plan.directives)]
     if plan.reasoning is None:
         return answer, 0
     if plan.reasoning == "think":
@@ -314,6 +318,26 @@ def pieces(plan: Plan) -> tuple[list[tuple[str, str]], int]:
     else:
         thinking = [(plan.reasoning, t) for t in tokenize(plan.thinking)]
     return thinking + answer, len(thinking)
+
+
+def _chunked(tokens: list[str], directives: Mapping[str, str]) -> list[str]:
+    """With ``[[chunk_chars:N]]``, consecutive tokens joined into pieces of at least N characters, as
+    servers that send several tokens per chunk do."""
+    size = int(directives.get("chunk_chars", "0") or 0) if directives.get("chunk_chars", "").isdigit() else 0
+    if size <= 1:
+        return tokens
+    out: list[str] = []
+    piece: list[str] = []
+    length = 0
+    for token in tokens:
+        piece.append(token)
+        length += len(token)
+        if length >= size:
+            out.append("".join(piece))
+            piece, length = [], 0
+    if piece:
+        out.append("".join(piece))
+    return out
 
 
 def token_offsets(count: int, thinking: int, pace: float, think_seconds: float | None) -> list[float]:

@@ -160,7 +160,7 @@ def chat_completions() -> Response:
         completion,
         base_url,
         settings.heartbeat_seconds,
-        SocketBody.of(request.environ),
+        SocketBody.of(request.environ, settings.send_timeout_seconds),
         links=svc.links,
     )
     # direct_passthrough: gunicorn iterates the generator itself (werkzeug would wrap it twice per event).

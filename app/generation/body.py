@@ -20,6 +20,8 @@ from app.metrics import Batched
 from app.transport.direct import DirectRelay
 from app.transport.socket_body import SocketBody
 
+DEADLINE_GRACE = 5.0  # seconds past the generation's time limit a slow reader gets for its error event
+
 
 def _events(
     generation: Generation,
@@ -107,6 +109,10 @@ def stream(
                 yield event
             written.add(pending)
         else:
+            # A client that does not read holds nothing past the time limit (and a few seconds for
+            # the time limit's error event); abort (shutdown) wakes the writer at once.
+            body.deadline = generation.started + generation.max_seconds + DEADLINE_GRACE
+            generation.writer = body
             first = next(events)
             yield first
             written.add(len(first))

@@ -33,6 +33,7 @@ from app.runtime.bridge import AsyncioBridge
 if TYPE_CHECKING:
     from app.runtime.llm import Runtime
     from app.transport.direct import DirectRelay
+    from app.transport.socket_body import SocketBody
     from app.upstream.reply import Read, ReplyClient
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Generation:
         self._closed = False
         self._call: Call | None = None  # the LLM call being relayed
         self._direct: DirectRelay | None = None
+        self.writer: SocketBody | None = None  # the stream's socket writer, woken by `abort`
         self._client: ReplyClient = runtime.client
         sink = Sink(
             lambda kind, text: self._events.put(Token(kind, text)), self._events.put, max_content_chars
@@ -246,8 +248,11 @@ class Generation:
         return self._pending
 
     def abort(self, error: APIError) -> None:
-        """End the generation from outside (shutdown): the reader gets `error` next, the job is cancelled."""
+        """End the generation from outside (shutdown): the reader gets `error` next, the job is cancelled,
+        and a writer waiting for a client that does not read gives up at once."""
         self._events.put(Failed(error))
+        if self.writer is not None:
+            self.writer.interrupt()
         if not self._future.done():
             self._future.cancel()
 

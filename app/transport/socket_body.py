@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import gevent.socket
 
 SOCKET_BODY_KEY = "gateway.socket_body"  # set by app.transport.worker: the app may write HTTP/1.x itself
@@ -38,6 +41,10 @@ def hang_up_check(environ: dict[str, Any]) -> Callable[[], bool] | None:
     return gone
 
 
+class SendTimeout(TimeoutError):
+    """The client took none of what was left for it within the time limit: it is treated as gone."""
+
+
 class SocketBody:
     """The rest of a streaming body, written by the request's greenlet straight to gunicorn's client
     socket (`environ["gunicorn.socket"]`, the same one gunicorn writes to).
@@ -50,17 +57,25 @@ class SocketBody:
     gunicorn writes the terminating chunk when the body ends. A failed write raises `OSError`.
     `send_now` is the same write for the poller's tick, which must not wait: what the socket does not
     take (or the error) is left for `flush`, in the greenlet.
+
+    A client that stops reading (connected straight to gunicorn: nginx always reads) would hold its
+    greenlet and generation slot for ever: `flush` waits at most `send_timeout` seconds, and never
+    past `deadline` (the generation's time limit), then raises `SendTimeout`; `interrupt` (shutdown)
+    wakes a waiting `flush` at once.
     """
 
-    __slots__ = ("_chunked", "_error", "_left", "_raw", "_sock")
+    __slots__ = ("_chunked", "_error", "_left", "_raw", "_sock", "_waiting", "deadline", "send_timeout")
 
-    def __init__(self, sock: Any, chunked: bool) -> None:
+    def __init__(self, sock: Any, chunked: bool, send_timeout: float = 60.0) -> None:
         self._sock = sock
         # gevent's plain socket wraps a non-blocking stdlib socket; anything else (TLS) uses sendall.
         self._raw = sock._sock if type(sock) is gevent.socket.socket else None
         self._chunked = chunked
         self._left = b""
         self._error: OSError | None = None
+        self._waiting = False
+        self.send_timeout = send_timeout
+        self.deadline: float | None = None  # time.monotonic() past which no write waits
 
     @property
     def immediate(self) -> bool:
@@ -68,7 +83,7 @@ class SocketBody:
         return self._raw is not None
 
     @classmethod
-    def of(cls, environ: dict[str, Any]) -> SocketBody | None:
+    def of(cls, environ: dict[str, Any], send_timeout: float = 60.0) -> SocketBody | None:
         """For an HTTP/1.x request on the gateway's gunicorn worker, which says so in the environ
         (`app.transport.worker`: only it knows the wire is HTTP, not uwsgi); None elsewhere: the body
         is then yielded (the Flask test client, other servers)."""
@@ -76,7 +91,7 @@ class SocketBody:
         protocol = environ.get("SERVER_PROTOCOL")
         if sock is None or protocol not in ("HTTP/1.1", "HTTP/1.0"):
             return None
-        return cls(sock, chunked=protocol == "HTTP/1.1")
+        return cls(sock, chunked=protocol == "HTTP/1.1", send_timeout=send_timeout)
 
     def write(self, data: bytes) -> None:
         """Send `data` after anything `send_now` left, waiting for the client if need be."""
@@ -110,4 +125,18 @@ class SocketBody:
         if error is not None:
             raise error
         if left:
-            self._sock.sendall(left)
+            wait = self.send_timeout
+            if self.deadline is not None:
+                wait = max(min(wait, self.deadline - time.monotonic()), 0.001)
+            self._waiting = True
+            try:
+                with gevent.Timeout(wait, SendTimeout(f"the client took nothing for {wait:.0f} s")):
+                    self._sock.sendall(left)
+            finally:
+                self._waiting = False
+
+    def interrupt(self) -> None:
+        """Wake a `flush` waiting for the client (the server is shutting down): it raises at once."""
+        if self._waiting:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_RDWR)

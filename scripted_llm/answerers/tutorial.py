@@ -30,6 +30,7 @@ _TOPIC_ENDS = ('".\n\n' + _OUTLINE_MARK, '".\n\n' + _SECTION_MARK)
 
 DEFAULT_SECTIONS = 3
 MAX_SECTIONS = 50
+MAX_SECTION_CHARS = 4 << 20  # [[section_chars:N]] caps here
 
 
 # --------------------------------------------------------------------------- prompts
@@ -118,7 +119,9 @@ def match(prompt: str) -> Match | None:
         "section",
         topic,
         language,
-        lambda clean, _directives: section_text(clean, directory),
+        lambda clean, directives: section_text(
+            clean, directory, directive_int(directives, "section_chars", 0, maximum=MAX_SECTION_CHARS)
+        ),
         _spoil_section,
     )
 
@@ -238,11 +241,13 @@ def _fence(code: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def section_text(topic: str, directory: Mapping[str, list[str]]) -> str:
+def section_text(topic: str, directory: Mapping[str, list[str]], min_chars: int = 0) -> str:
     """The Markdown for one directory entry, as MetaGPT's ``WriteContent`` expects.
 
     Names the topic verbatim several times (tests use it to tell concurrent streams
-    apart), has one ``###`` heading per subsection and one fenced code block.
+    apart), has one ``###`` heading per subsection and one fenced code block; with
+    ``min_chars``, closing paragraphs follow until the section is at least that long (a
+    verbose model's answer).
     """
     subject = _subject(topic)
     parts: list[str] = []
@@ -262,4 +267,9 @@ def section_text(topic: str, directory: Mapping[str, list[str]]) -> str:
                 fence = _fence(code)
                 parts.append(f"The following example shows {sub} with {subject}:")
                 parts.append(f"{fence}python\n{code}\n{fence}")
+    length, extra = sum(len(part) + 2 for part in parts), 0
+    while length < min_chars:
+        paragraph = _PARAGRAPHS[extra % len(_PARAGRAPHS)].format(u=f"{subject} in depth", t=subject)
+        parts.append(paragraph)
+        length, extra = length + len(paragraph) + 2, extra + 1
     return "\n\n".join(parts)

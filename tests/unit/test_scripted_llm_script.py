@@ -12,6 +12,7 @@ import json
 import pytest
 
 from scripted_llm import script
+from scripted_llm.answerers.tutorial import section_text
 from tests.metagpt_prompts import (
     COMMON_PROMPT,
     CONTENT_PROMPT,
@@ -261,3 +262,13 @@ def test_tokenize_is_word_like() -> None:
     assert script.tokenize("Hello big world") == ["Hello", " big", " world"]
     assert script.tokenize("") == []
     assert len(script.tokenize("x" * 500)) > 10
+
+
+def test_long_sections_in_big_chunks_keep_the_text():
+    directory = {"Basics": ["Install", "First steps"]}
+    assert len(section_text("Chunky", directory, min_chars=50_000)) >= 50_000
+    assert len(section_text("Chunky", directory)) < 5_000
+    tokens = script.tokenize("word " * 5000)
+    chunks = script._chunked(tokens, {"chunk_chars": "4096"})
+    assert "".join(chunks) == "".join(tokens) and all(len(c) >= 4096 for c in chunks[:-1])
+    assert script._chunked(tokens, {}) == tokens
