@@ -77,6 +77,9 @@ class Settings(BaseSettings):
 
     # Streaming.
     heartbeat_seconds: float = Field(default=10.0, gt=0)
+    # A new connection to gunicorn must deliver its first request head within this (as nginx's
+    # client_header_timeout): slow connections cannot hold a worker's connection slots for long.
+    header_timeout_seconds: float = Field(default=15.0, gt=0)
     # A client that takes none of a stream's bytes for this long is treated as gone (nginx reads at
     # once; this bounds a client connected straight to gunicorn), as nginx's send_timeout.
     send_timeout_seconds: float = Field(default=60.0, gt=0)

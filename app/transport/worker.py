@@ -12,6 +12,7 @@ received; nginx sees the close and drops the connection from its cache.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import gc
@@ -73,10 +74,24 @@ def _unread_bytes(sock: socket.socket) -> int:
 
 
 class GatewayWorker(GeventWorker):
+    """Besides the stop (module docstring), connections are bounded: a new connection has
+    `header_timeout` seconds to deliver its first request head (later ones on it get gunicorn's
+    `keepalive`), and when a listener's pool is full, the connection that has waited longest for a
+    request, with nothing of it unread, is closed to make room. 2,100 slow connections to :8000
+    (more than two workers' 1,000 each) held every slot for 75 s, so `/healthz` and `/metrics`
+    there, the compose healthcheck's and Prometheus's, went unanswered (issue 19). Each listener
+    has its own pool (gunicorn's), so such a flood never takes nginx's Unix socket's."""
+
+    header_timeout = 15.0  # as nginx's client_header_timeout; the app's setting replaces it
+
     def init_process(self) -> None:
         util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
         self._clients: dict[gevent.Greenlet, socket.socket] = {}  # each handler's connection
-        self._idle: set[gevent.Greenlet] = set()  # handlers waiting for their connection's next request
+        # Handlers waiting for their connection's next request, longest waiting first (dict order).
+        self._idle: dict[gevent.Greenlet, None] = {}
+        self._fresh: set[gevent.Greenlet] = set()  # handlers whose connection has sent no request yet
+        self._listener_of: dict[gevent.Greenlet, int] = {}  # each handler's listening socket (fd)
+        self._open: collections.Counter[int] = collections.Counter()  # handlers per listening socket
         super().init_process()
 
     def load_wsgi(self) -> None:
@@ -91,7 +106,9 @@ class GatewayWorker(GeventWorker):
         if isinstance(self.wsgi, Flask) and "gateway" in self.wsgi.extensions:
             from app.services import services
 
-            services(self.wsgi).retention.start()  # one worker of the server sweeps (app.retention)
+            app_services = services(self.wsgi)
+            app_services.retention.start()  # one worker of the server sweeps (app.retention)
+            self.header_timeout = app_services.settings.header_timeout_seconds
         if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
             return
         from app.transport.socket_body import SOCKET_BODY_KEY  # imported with the app already
@@ -106,11 +123,26 @@ class GatewayWorker(GeventWorker):
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         me = gevent.getcurrent()
+        key = listener.fileno()
         self._clients[me] = client
+        self._listener_of[me] = key
+        self._fresh.add(me)
+        self._open[key] += 1
+        if self._open[key] >= self.worker_connections:  # the pool is full: gevent stops accepting
+            self._make_room(key)
         try:
             super().handle(listener, client, addr)
         finally:
             del self._clients[me]
+            del self._listener_of[me]
+            self._fresh.discard(me)
+            self._open[key] -= 1
+
+    def _make_room(self, key: int) -> None:
+        """Close the connection of `key`'s listener that has waited longest for a request."""
+        for handler in list(self._idle):
+            if self._listener_of.get(handler) == key and self._close_if_idle(handler):
+                return
 
     @contextlib.contextmanager
     def timeout_ctx(self) -> Iterator[None]:
@@ -119,12 +151,14 @@ class GatewayWorker(GeventWorker):
         me = gevent.getcurrent()
         if not self.alive:
             self._close_if_idle(me)
-        self._idle.add(me)
+        self._idle[me] = None
+        wait = self.header_timeout if me in self._fresh else self.cfg.keepalive
         try:
-            with gevent.Timeout(self.cfg.keepalive, False):
+            with gevent.Timeout(wait, False):
                 yield
         finally:
-            self._idle.discard(me)
+            self._idle.pop(me, None)
+            self._fresh.discard(me)
 
     def handle_exit(self, sig: int, frame: Any) -> None:
         """SIGTERM: the app drains (readiness turns false; streams still running at the graceful
@@ -151,8 +185,11 @@ class GatewayWorker(GeventWorker):
         for handler in list(self._idle):
             self._close_if_idle(handler)
 
-    def _close_if_idle(self, handler: gevent.Greenlet) -> None:
+    def _close_if_idle(self, handler: gevent.Greenlet) -> bool:
         client = self._clients.get(handler)
-        if client is not None and _unread_bytes(client) == 0:
-            with contextlib.suppress(OSError):
-                client.shutdown(socket.SHUT_RDWR)  # the handler reads EOF and ends quietly
+        if client is None or _unread_bytes(client) != 0:
+            return False
+        self._idle.pop(handler, None)
+        with contextlib.suppress(OSError):
+            client.shutdown(socket.SHUT_RDWR)  # the handler reads EOF and ends quietly
+        return True
