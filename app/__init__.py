@@ -45,6 +45,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     store.ensure()
     metrics = Metrics()
     metrics.max_generations.set(settings.max_generations_per_worker)
+    metrics.files_min_free_bytes.set(settings.min_free_bytes)
     registry = build_registry()
     metrics.start_at_zero([agent.id for agent in registry] + [Housekeeping.id])
     keys = settings.api_key_list()

@@ -121,6 +121,19 @@ class Metrics:
             registry=r,
         )
 
+        # The files folder's free space, taken at each scrape (and the margin below which work stops).
+        self.files_free_bytes = Gauge(
+            "gateway_files_free_bytes",
+            "Free space in the files folder's filesystem, at the last scrape.",
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.files_min_free_bytes = Gauge(
+            "gateway_files_min_free_bytes",
+            "GATEWAY_MIN_FREE_BYTES: below it, readiness is false and completions are refused.",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         # Retention (app.retention): set by the one worker that enforces it, so `livemax` shows its values.
         self.files_kept = Gauge(
             "gateway_files_kept",

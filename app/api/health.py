@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import yaml
@@ -40,7 +41,10 @@ def readyz() -> Response:
 
 @bp.get("/metrics")
 def metrics() -> Response:
-    data, content_type = services().metrics.render()
+    svc = services()
+    with contextlib.suppress(OSError):
+        svc.metrics.files_free_bytes.set(svc.store.free_bytes())
+    data, content_type = svc.metrics.render()
     return Response(data, content_type=content_type)
 
 

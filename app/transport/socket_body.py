@@ -124,16 +124,25 @@ class SocketBody:
         left, error, self._left, self._error = self._left, self._error, b"", None
         if error is not None:
             raise error
-        if left:
-            wait = self.send_timeout
-            if self.deadline is not None:
-                wait = max(min(wait, self.deadline - time.monotonic()), 0.001)
-            self._waiting = True
+        if not left:
+            return
+        if self._raw is not None:  # the client may have caught up already: no timer for that
             try:
-                with gevent.Timeout(wait, SendTimeout(f"the client took nothing for {wait:.0f} s")):
-                    self._sock.sendall(left)
-            finally:
-                self._waiting = False
+                sent = self._raw.send(left)
+            except BlockingIOError:
+                sent = 0
+            if sent == len(left):
+                return
+            left = left[sent:]
+        wait = self.send_timeout
+        if self.deadline is not None:
+            wait = max(min(wait, self.deadline - time.monotonic()), 0.001)
+        self._waiting = True
+        try:
+            with gevent.Timeout(wait, SendTimeout):
+                self._sock.sendall(left)
+        finally:
+            self._waiting = False
 
     def interrupt(self) -> None:
         """Wake a `flush` waiting for the client (the server is shutting down): it raises at once."""

@@ -30,6 +30,17 @@ class EventDecoder:
             )
 
     def feed(self, chunk: bytes) -> list[bytes]:
+        # The usual read, one whole event of one `data: ` line (a token), without splitting it up.
+        end = len(chunk) - 2
+        if (
+            chunk.find(b"\n") == end
+            and chunk.startswith(b"data: ")
+            and chunk[end + 1] == 10
+            and chunk[end - 1] != 13
+            and not self._pieces
+            and not self._data
+        ):
+            return [chunk[6:end]]
         if b"\n" not in chunk:
             self._hold(chunk)
             return []
