@@ -34,7 +34,7 @@ def test_promtool_check_config_and_rules():
     assert result.returncode == 0, result.stdout + result.stderr
     result = promtool("check", "rules", str(PROM / "rules" / "gateway.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "6 rules found" in result.stdout
+    assert "8 rules found" in result.stdout
 
 
 def test_promtool_rule_unit_tests():

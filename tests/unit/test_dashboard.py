@@ -33,8 +33,19 @@ COUNTERS = {
     "gateway_client_disconnects",
     "gateway_heartbeats",
     "gateway_rejected_requests",
+    "gateway_files_removed",
+    "gateway_files_removed_bytes",
 }
-GAUGES = {"gateway_active_generations", "gateway_max_generations", "gateway_asyncio_tasks"}
+GAUGES = {
+    "gateway_active_generations",
+    "gateway_max_generations",
+    "gateway_asyncio_tasks",
+    "gateway_files_free_bytes",
+    "gateway_files_min_free_bytes",
+    "gateway_files_kept",
+    "gateway_files_kept_bytes",
+    "gateway_retention_last_sweep_timestamp_seconds",
+}
 HISTOGRAMS = {
     "gateway_generation_duration_seconds",
     "gateway_time_to_first_token_seconds",
