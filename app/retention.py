@@ -1,9 +1,10 @@
 """Retention of the files folder, enforced by one worker of the server.
 
-Every `interval` seconds each worker tries to take a lock on `<folder>/.retention.lock` without waiting
-(`fcntl.lockf`: held per process, released by the kernel when the process dies); the one that holds
-it sweeps, the others do nothing. A killed leader's lock frees itself and another worker takes over at
-its next try. Servers sharing one folder elect one sweeper between them the same way.
+Every `interval` seconds each worker tries to take a lock on the folder itself without waiting
+(`flock` on its own descriptor of the directory: released by the kernel when the process dies, and
+nothing is added to the folder); the one that holds it sweeps, the others do nothing. A killed
+leader's lock frees itself and another worker takes over at its next try. Servers sharing one folder
+(on one machine) elect one sweeper between them the same way.
 
 A sweep removes, among the files the gateway names (`app.storage.NAME_RE`):
 - those older than `max_age` seconds (`age`);
@@ -34,7 +35,6 @@ from app.storage import is_valid_name
 
 log = logging.getLogger(__name__)
 
-LOCK_NAME = ".retention.lock"
 TEMP_MAX_AGE = 3600  # seconds: a write takes milliseconds, so an hour-old temp file is a crash's
 
 
@@ -132,12 +132,12 @@ class Retention:
         if self._lock_fd is not None:
             return True
         try:
-            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+            fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as exc:
-            log.warning("retention: cannot open its lock in %s: %s", self.folder, exc)
+            log.warning("retention: cannot open %s: %s", self.folder, exc)
             return False
         try:
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
             return False  # another process sweeps
