@@ -49,8 +49,7 @@ class Lifecycle:
         if self.refusing:
             raise ShuttingDown("The server is shutting down; retry shortly.", headers={"Retry-After": "1"})
         if self._shared is not None and self._slot is not None:
-            capacity = self.max_generations * self._shared.workers
-            if self._shared.try_acquire(self._slot, capacity):
+            if self._shared.try_acquire(self._slot, self.capacity):
                 return
         elif len(self.active) < self.max_generations:
             return

@@ -64,6 +64,10 @@ class FileStore:
         stat = os.statvfs(self.folder)
         return stat.f_bavail * stat.f_frsize
 
+    def has_room(self, margin: int) -> bool:
+        """Whether at least `margin` bytes are free (always, for a margin of 0); raises OSError."""
+        return not margin or self.free_bytes() >= margin
+
     def resolve(self, name: str) -> Path | None:
         """The path of a downloadable file, or None: bad names, links and non-files are refused."""
         if not is_valid_name(name):

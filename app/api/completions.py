@@ -90,10 +90,10 @@ def _agent_request(
 def check_room(store: FileStore, margin: int) -> None:
     """Refuse (507 `storage_full`) while the files folder has less than `margin` bytes free."""
     try:
-        free = store.free_bytes() if margin else margin
+        room = store.has_room(margin)
     except OSError as exc:
         raise StorageError(f"The server's file storage is unavailable ({exc.strerror}).") from None
-    if free < margin:
+    if not room:
         raise StorageError(
             "The server is low on disk space for new files; retry later.",
             code="storage_full",

@@ -26,9 +26,8 @@ def healthz() -> Response:
 def readyz() -> Response:
     svc = services()
     draining = svc.lifecycle.draining
-    margin = svc.settings.min_free_bytes
     try:
-        room = not margin or svc.store.free_bytes() >= margin
+        room = svc.store.has_room(svc.settings.min_free_bytes)
         present = svc.store.folder.is_dir()
     except OSError:
         room = present = False
