@@ -82,7 +82,7 @@ class SharedCounts:
     def try_acquire(self, slot: int, limit: int) -> bool:
         """Count one more generation in `slot` unless all workers together already run `limit`."""
         with self._locked():
-            if sum(self._ints[2::2]) >= limit:
+            if self.total() >= limit:
                 return False
             self._ints[2 + 2 * slot] += 1
             return True

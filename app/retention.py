@@ -20,7 +20,6 @@ streams); metrics and logs are written back on the worker's hub.
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import logging
 import os
@@ -31,7 +30,7 @@ from pathlib import Path
 import gevent
 
 from app.metrics import Metrics
-from app.storage import is_valid_name
+from app.storage import is_temp_name, is_valid_name
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ def sweep(folder: Path, *, max_age: float, max_bytes: int, grace: float, now: fl
 
 
 def _is_old_temp(name: str, age: float) -> bool:
-    return name.startswith(".") and name.endswith(".tmp") and age > TEMP_MAX_AGE
+    return is_temp_name(name) and age > TEMP_MAX_AGE
 
 
 def _remove(path: Path) -> bool:
@@ -162,11 +161,3 @@ class Retention:
         m.files_kept_bytes.set(result.kept_bytes)
         m.retention_last_sweep.set(now)
         return result
-
-    def stop(self) -> None:
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
-        if self._lock_fd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._lock_fd)
-            self._lock_fd = None

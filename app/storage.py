@@ -29,6 +29,11 @@ def is_valid_name(name: str) -> bool:
     return bool(NAME_RE.fullmatch(name)) and "\x00" not in name
 
 
+def is_temp_name(name: str) -> bool:
+    """A file `FileStore.write` is still writing (or left behind when its process died)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 class FileStore:
     def __init__(self, folder: Path) -> None:
         self.folder = folder
