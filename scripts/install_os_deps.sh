@@ -6,7 +6,9 @@
 #   docker-compose             validates docker-compose.yml, and runs it in the end-to-end test
 #   dockerd (docker.io)        the private Docker engine the end-to-end test starts (tests/container)
 #   mmdebstrap                 builds the stand-in base images from Debian packages (no registry here)
-#   iptables, ip (iproute2)    dockerd's networking, and the test's clean-up of what dockerd leaves
+#   iptables, ip (iproute2)    dockerd's networking, and the test's clean-up of what dockerd leaves;
+#                              ip also makes the multi-host tests' network namespaces (tests/fleet)
+#   redis-server               the shared store of the global generation limit, in tests/fleet
 # Idempotent: when every command is present it exits at once, without touching apt.
 # Services are never started: Debian's postinst scripts would start nginx and prometheus daemons.
 set -euo pipefail
@@ -22,9 +24,10 @@ declare -A PACKAGE_OF=(
   [mmdebstrap]=mmdebstrap
   [iptables]=iptables
   [ip]=iproute2
+  [redis-server]=redis-server
 )
 # The daemons a postinst could start; any that appear during the install are stopped again.
-DAEMONS=(nginx prometheus prometheus-nginx-exporter dockerd containerd)
+DAEMONS=(nginx prometheus prometheus-nginx-exporter dockerd containerd redis-server)
 
 have() {  # sbin is not on every user's PATH, yet nginx lives there
   command -v "$1" >/dev/null 2>&1 || [[ -x /usr/sbin/$1 || -x /usr/bin/$1 ]]
