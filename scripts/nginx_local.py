@@ -4,6 +4,7 @@ The image's entrypoint substitutes only variables that are defined (envsubst wit
 nginx's own `$host`-style variables alone; `render` does the same. Used by `make run`, the tests and
 the benchmark:  python -m scripts.nginx_local PREFIX --listen 127.0.0.1:8080 --upstream 127.0.0.1:8000 ...
 prints the main config path; run it with `nginx -p PREFIX -c PREFIX/nginx.conf -e PREFIX/error.log`.
+`--upstream` given more than once puts nginx in front of several servers (replicas, hosts).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,6 +23,8 @@ _VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
 # The limits compose uses unless .env changes them.
 DEFAULT_LIMITS = {"NGINX_STREAMS_PER_CLIENT": "20", "NGINX_RATE_PER_CLIENT": "10", "NGINX_RATE_BURST": "20"}
+# Loopback: names in the config are addresses here, so nothing is ever looked up.
+DEFAULT_RESOLVER = "127.0.0.1"
 
 
 def render(text: str, env: dict[str, str]) -> str:
@@ -32,21 +36,33 @@ def template_variables(text: str) -> set[str]:
     return set(_VAR.findall(text))
 
 
+def upstream_servers(upstream: str | Sequence[str]) -> str:
+    """GATEWAY_UPSTREAM for one server or several: the template has one `server ${GATEWAY_UPSTREAM};`
+    line, which several addresses joined by `; server ` turn into one line each."""
+    servers = [upstream] if isinstance(upstream, str) else list(upstream)
+    if not servers:
+        raise ValueError("no upstream server")
+    return ";\n    server ".join(servers)
+
+
 def prepare(
     prefix: Path,
     *,
     listen: str,
     status_listen: str,
-    upstream: str,
+    upstream: str | Sequence[str],
     tutorials_dir: Path,
     limits: dict[str, str] | None = None,
+    resolver: str = DEFAULT_RESOLVER,
 ) -> Path:
-    """Write PREFIX/conf.d/gateway.conf and PREFIX/nginx.conf; returns the main config's path."""
+    """Write PREFIX/conf.d/gateway.conf and PREFIX/nginx.conf; returns the main config's path.
+    `upstream`: one server's address (`127.0.0.1:8000`, `unix:/path`), or a list of them."""
     prefix = prefix.resolve()
     for sub in ("conf.d", "tmp"):
         (prefix / sub).mkdir(parents=True, exist_ok=True)
     env = {
-        "GATEWAY_UPSTREAM": upstream,
+        "GATEWAY_UPSTREAM": upstream_servers(upstream),
+        "NGINX_RESOLVER": resolver,
         "NGINX_PORT": listen,
         "NGINX_STATUS_PORT": status_listen,
         "TUTORIALS_DIR": str(tutorials_dir.resolve()),
@@ -80,7 +96,7 @@ def main() -> None:
     parser.add_argument("prefix", type=Path)
     parser.add_argument("--listen", required=True)
     parser.add_argument("--status-listen", required=True)
-    parser.add_argument("--upstream", required=True)
+    parser.add_argument("--upstream", required=True, action="append", help="repeat for several servers")
     parser.add_argument("--tutorials-dir", type=Path, required=True)
     parser.add_argument("--streams-per-client", default=DEFAULT_LIMITS["NGINX_STREAMS_PER_CLIENT"])
     parser.add_argument("--rate-per-client", default=DEFAULT_LIMITS["NGINX_RATE_PER_CLIENT"])
@@ -96,7 +112,7 @@ def main() -> None:
             args.prefix,
             listen=args.listen,
             status_listen=args.status_listen,
-            upstream=args.upstream,
+            upstream=args.upstream[0] if len(args.upstream) == 1 else args.upstream,
             tutorials_dir=args.tutorials_dir,
             limits=limits,
         )
