@@ -33,14 +33,21 @@ loglevel = _env("GATEWAY_GUNICORN_LOG_LEVEL", "info")
 
 
 def on_starting(server):
-    """Create the admission table the workers share (app.capacity), and empty the metrics directory of a
-    previous run: its files would be summed into this run's counters."""
+    """Create the admission table the workers share (app.capacity), set the S3 bucket's lifecycle rule
+    (app.object_store, in a process of its own), and empty the metrics directory of a previous run: its
+    files would be summed into this run's counters."""
     import pathlib
     import shutil
 
     from app import capacity
 
     capacity.create().set_workers(server.num_workers)
+
+    if os.environ.get("GATEWAY_S3_BUCKET"):  # S3's retention is the bucket's lifecycle rule: set it now
+        import subprocess
+        import sys
+
+        subprocess.Popen([sys.executable, "-m", "app.object_store"])
 
     folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not folder:

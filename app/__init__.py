@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.retention import Retention
     from app.runtime.bridge import AsyncioBridge
     from app.runtime.llm import Runtime
-    from app.storage import FileStore
+    from app.storage import FileStore, TutorialStore
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
@@ -41,9 +41,36 @@ def create_app(settings: Settings | None = None) -> Flask:
         n = settings.trusted_proxies
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n, x_prefix=n)  # type: ignore[method-assign]
 
-    store = FileStore(settings.tutorials_path)
-    store.ensure()
     metrics = Metrics()
+    store: TutorialStore
+    retention: Retention | None = None  # S3: the bucket's lifecycle rule (app.object_store.apply_lifecycle)
+    if settings.s3_bucket:
+        from app.object_store import ObjectStore
+
+        store = ObjectStore(settings)
+    else:
+        folder = FileStore(settings.tutorials_path)
+        folder.ensure()
+        store = folder
+        retention = Retention(
+            folder.folder,
+            metrics,
+            max_age=settings.retention_seconds,
+            max_bytes=settings.retention_max_bytes,
+            grace=settings.retention_grace_seconds,
+            interval=settings.retention_interval_seconds,
+        )
+    fleet = None
+    if settings.global_limit and settings.redis_url is not None:
+        from app.fleet_limit import FleetLimit
+
+        fleet = FleetLimit(
+            settings.redis_url.get_secret_value(),
+            settings.global_limit,
+            settings.global_slot_ttl_seconds,
+            settings.global_limit_on_redis_down,
+            metrics,
+        )
     metrics.max_generations.set(settings.max_generations_per_worker)
     metrics.files_min_free_bytes.set(settings.min_free_bytes)
     registry = build_registry()
@@ -65,18 +92,11 @@ def create_app(settings: Settings | None = None) -> Flask:
             housekeeping=Housekeeping(settings.housekeeping_patterns),
             runtime=Runtime(settings, store, metrics),
             bridge=AsyncioBridge(),
-            lifecycle=Lifecycle(settings.max_generations_per_worker, capacity.shared()),
+            lifecycle=Lifecycle(settings.max_generations_per_worker, capacity.shared(), fleet),
             auth=authenticator,
             links=links,
             openapi=health.load_openapi(),
-            retention=Retention(
-                store.folder,
-                metrics,
-                max_age=settings.retention_seconds,
-                max_bytes=settings.retention_max_bytes,
-                grace=settings.retention_grace_seconds,
-                interval=settings.retention_interval_seconds,
-            ),
+            retention=retention,
         ),
     )
     auth.install(app, authenticator, links)

@@ -20,6 +20,8 @@ class APIError(Exception):
     # Tells the OpenAI SDKs whether a retry is safe (`x-should-retry`). Agent runs are not idempotent,
     # so a 5xx says "false" unless no work had started; None leaves the SDK's own rule.
     retry: bool | None = None
+    # The `reason` label of gateway_rejected_requests_total when it is not `code`.
+    metric_reason: str | None = None
 
     def __init__(
         self,

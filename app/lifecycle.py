@@ -20,15 +20,21 @@ from app.errors import RateLimited, ShuttingDown, Unavailable
 
 if TYPE_CHECKING:
     from app.capacity import SharedCounts
+    from app.fleet_limit import FleetLimit
     from app.generation.job import Generation
 
 log = logging.getLogger(__name__)
 
 
 class Lifecycle:
-    def __init__(self, max_generations: int, shared: SharedCounts | None = None) -> None:
+    def __init__(
+        self, max_generations: int, shared: SharedCounts | None = None, fleet: FleetLimit | None = None
+    ) -> None:
         self.max_generations = max_generations  # per worker
         self.active: set[Generation] = set()
+        self.fleet = fleet  # the limit across hosts (Redis), when configured
+        self._members: dict[Generation, str] = {}  # each generation's slot in the fleet's set
+        self._admitted: str | None = None  # the slot `admit` took, until `started` binds it
         self.draining = False
         self.refusing = False  # while draining, whether new work is refused (see drain)
         self._shared = shared
@@ -50,22 +56,42 @@ class Lifecycle:
             raise ShuttingDown("The server is shutting down; retry shortly.", headers={"Retry-After": "1"})
         if self._shared is not None and self._slot is not None:
             if self._shared.try_acquire(self._slot, self.capacity):
+                self._admit_fleet()
                 return
         elif len(self.active) < self.max_generations:
+            self._admit_fleet()
             return
         raise RateLimited(
             f"The server is at its limit of {self.capacity} concurrent generations; retry shortly.",
             headers={"Retry-After": "2"},
         )
 
+    def _admit_fleet(self) -> None:
+        """After the server's own check: the fleet's, which may refuse (and gives the server's slot back).
+        NOTE: `admit`'s caller creates the generation without yielding, so `started` binds this slot."""
+        if self.fleet is None:
+            return
+        try:
+            self._admitted = self.fleet.acquire()
+        except Exception:
+            if self._shared is not None and self._slot is not None:
+                self._shared.release(self._slot)
+            raise
+
     def started(self, generation: Generation) -> None:
         self.active.add(generation)
+        if self._admitted is not None:
+            self._members[generation] = self._admitted
+            self._admitted = None
 
     def ended(self, generation: Generation) -> None:
         if generation in self.active:
             self.active.remove(generation)
             if self._shared is not None and self._slot is not None:
                 self._shared.release(self._slot)
+            member = self._members.pop(generation, None)
+            if member is not None and self.fleet is not None:
+                self.fleet.release(member)
 
     def drain(self, deadline_seconds: float, *, refuse_new: bool = True) -> None:
         """SIGTERM: readiness turns false, and new work is refused unless `refuse_new` is false, which a

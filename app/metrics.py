@@ -163,6 +163,32 @@ class Metrics:
             multiprocess_mode="livemax",
         )
 
+        # Storage (either backend) and the fleet's limit (app.fleet_limit).
+        self.storage_failures = Counter(
+            "gateway_storage_failures",
+            "Files that could not be saved: full (no space) or error (the disk or the S3 service failed).",
+            ["reason"],
+            registry=r,
+        )
+        self.global_limit = Gauge(
+            "gateway_global_limit",
+            "GATEWAY_GLOBAL_MAX_GENERATIONS, the limit across hosts kept in Redis (0: off).",
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.global_limit_up = Gauge(
+            "gateway_global_limit_up",
+            "1 while Redis answers the fleet's limit (always 1 when it is off), 0 after a failed call.",
+            registry=r,
+            multiprocess_mode="livemin",
+        )
+        self.global_limit_fallbacks = Counter(
+            "gateway_global_limit_fallbacks",
+            "Admissions decided without Redis, by GATEWAY_GLOBAL_LIMIT_ON_REDIS_DOWN (local or refuse).",
+            ["mode"],
+            registry=r,
+        )
+
     def start_at_zero(self, models: list[str]) -> None:
         """Create every model's series now, at 0, so that rates and alerts work before the first request
         (a labelled series a process has not touched does not exist)."""
@@ -185,6 +211,11 @@ class Metrics:
         for reason in ("age", "size", "temp"):
             self.files_removed.labels(reason)
             self.files_removed_bytes.labels(reason)
+        for reason in ("full", "error"):
+            self.storage_failures.labels(reason)
+        for mode in ("local", "refuse"):
+            self.global_limit_fallbacks.labels(mode)
+        self.global_limit_up.set(1)
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:

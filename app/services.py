@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from app.runtime.bridge import AsyncioBridge
     from app.runtime.llm import Runtime
     from app.settings import Settings
-    from app.storage import FileStore
+    from app.storage import TutorialStore
 
 _KEY = "gateway"
 
@@ -29,7 +29,7 @@ _KEY = "gateway"
 @dataclass(frozen=True)
 class Services:
     settings: Settings
-    store: FileStore
+    store: TutorialStore  # the folder (app.storage.FileStore) or S3 (app.object_store.ObjectStore)
     metrics: Metrics
     registry: Registry
     housekeeping: Housekeeping  # what answers chat UIs' own requests instead of an agent
@@ -39,7 +39,8 @@ class Services:
     auth: Authenticator
     links: LinkSigner | None  # signs download links when API keys are required
     openapi: dict[str, Any]
-    retention: Retention  # started by gunicorn's worker (app.transport.worker), not by the app
+    # The folder's (None on S3); started by gunicorn's worker (app.transport.worker), not by the app.
+    retention: Retention | None
 
 
 def init_app(app: Flask, services: Services) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
@@ -62,6 +63,27 @@ class Settings(BaseSettings):
     retention_max_bytes: int = Field(default=1 << 30, ge=0)
     retention_grace_seconds: int = Field(default=3600, ge=0)
     retention_interval_seconds: float = Field(default=300.0, gt=0)
+
+    # S3-compatible object storage for the files instead of the folder (several hosts share it): on when
+    # `s3_bucket` is set. Path-style addresses; an empty endpoint is AWS's for `s3_region`. Downloads go
+    # through nginx, which fetches a presigned URL valid for `s3_url_seconds` from the private bucket.
+    s3_bucket: str = ""
+    s3_endpoint: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key_id: SecretStr | None = None
+    s3_secret_access_key: SecretStr | None = None
+    s3_prefix: str = "tutorials/"
+    s3_url_seconds: int = Field(default=60, gt=0, le=7 * 24 * 3600)
+    s3_timeout_seconds: float = Field(default=30.0, gt=0, description="one S3 request, all of it")
+
+    # A fleet-wide limit on running generations, kept in Redis (on when both are set), on top of the
+    # server's own. Each worker renews its generations' slots every third of `global_slot_ttl_seconds`:
+    # a killed host's slots free themselves within it. Without Redis, `global_limit_on_redis_down` says
+    # what admission does: `local` (the server's own limit only) or `refuse` (503).
+    redis_url: SecretStr | None = None
+    global_max_generations: int = Field(default=0, ge=0)
+    global_slot_ttl_seconds: float = Field(default=10.0, ge=1.0, le=3600)
+    global_limit_on_redis_down: Literal["local", "refuse"] = "local"
 
     # Links and agent options. With API keys, download links are signed and expire after this long;
     # the secret defaults to one derived from the keys (set it to keep links across key rotations).
@@ -164,6 +186,42 @@ class Settings(BaseSettings):
             print("invalid configuration: " + "; ".join(problems), file=sys.stderr, flush=True)
             raise SystemExit(3) from None
 
+    @field_validator("s3_endpoint")
+    @classmethod
+    def _s3_endpoint(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname or parts.path or parts.query:
+                raise ValueError(f"must be an http(s) origin such as http://seaweedfs:8333, got {value!r}")
+            if parts.username or parts.password:
+                raise ValueError("must not carry credentials (GATEWAY_S3_ACCESS_KEY_ID/_SECRET_ACCESS_KEY)")
+        return value
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _s3_bucket(cls, value: str) -> str:
+        value = value.strip()
+        if value and not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", value):
+            raise ValueError(f"must be an S3 bucket name (3-63 of a-z 0-9 . -), got {value!r}")
+        return value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _s3_prefix(cls, value: str) -> str:
+        if value and not re.fullmatch(r"(?:[A-Za-z0-9._-]+/)+", value):
+            raise ValueError(f"must be empty or folder names, each ending in '/' (tutorials/), got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value():
+            if urlsplit(value.get_secret_value()).scheme not in ("redis", "rediss", "unix"):
+                raise ValueError("must be a redis://, rediss:// or unix:// URL")
+            return value
+        return None
+
     @field_validator("public_base_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
@@ -180,6 +238,11 @@ class Settings(BaseSettings):
     @property
     def metagpt_root_path(self) -> Path:
         return self.metagpt_root or self.data_dir / "metagpt"
+
+    @property
+    def global_limit(self) -> int:
+        """The fleet-wide limit on running generations, 0 when off (no Redis or no limit)."""
+        return self.global_max_generations if self.redis_url is not None else 0
 
     def api_key_list(self) -> list[str]:
         keys = [k.strip() for k in (self.api_keys.get_secret_value() if self.api_keys else "").split(",")]

@@ -1,5 +1,6 @@
-"""The files folder (tutorials, teaching plans): safe unique names, atomic writes, and lookups that
-cannot leave the folder.
+"""Where files go (tutorials, teaching plans): the `TutorialStore` interface, and its folder backend with
+safe unique names, atomic writes, and lookups that cannot leave the folder. The S3 backend, for several
+hosts, is `app.object_store.ObjectStore`.
 
 The service, not the LLM, chooses every path. A name is `<slug of the title>-<uuid4 hex>.md`: the slug
 keeps only word characters and dashes, so `/`, `..`, NUL and control characters cannot survive it, and
@@ -13,6 +14,7 @@ import re
 import unicodedata
 import uuid
 from pathlib import Path
+from typing import Protocol
 
 SLUG_MAX_CHARS = 60  # at most 240 bytes of UTF-8 with the suffix: under every filesystem's 255
 NAME_RE = re.compile(rf"^[^\W_][\w-]{{0,{SLUG_MAX_CHARS - 1}}}-[0-9a-f]{{32}}\.md$")
@@ -34,7 +36,29 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(".tmp")
 
 
+def new_name(title: str, default: str = "tutorial") -> str:
+    """A fresh name for a Markdown file titled `title` (`default` when no word of it survives)."""
+    return f"{slugify(title, default)}-{uuid.uuid4().hex}.md"
+
+
+class TutorialStore(Protocol):
+    """What a generation's file is written to. Names come from `new_name`; `write` blocks (run it off
+    the loop) and raises OSError; a reader sees a file whole or not at all."""
+
+    backend: str  # "local" or "s3": the label of storage metrics
+
+    def write(self, name: str, data: bytes) -> object: ...
+
+    def present(self) -> bool: ...
+
+    def has_room(self, margin: int) -> bool: ...
+
+    def free_bytes(self) -> int | None: ...
+
+
 class FileStore:
+    backend = "local"
+
     def __init__(self, folder: Path) -> None:
         self.folder = folder
 
@@ -42,8 +66,10 @@ class FileStore:
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def new_name(self, title: str, default: str = "tutorial") -> str:
-        """A fresh name for a Markdown file titled `title` (`default` when no word of it survives)."""
-        return f"{slugify(title, default)}-{uuid.uuid4().hex}.md"
+        return new_name(title, default)
+
+    def present(self) -> bool:
+        return self.folder.is_dir()
 
     def write(self, name: str, data: bytes) -> Path:
         """Write `data` so that readers see either no file or the whole file, never a part."""

@@ -19,7 +19,7 @@ from app.generation.job import ClientGone, Failed, Generation, collect
 from app.metrics import OTHER_MODEL
 from app.services import services
 from app.settings import Settings
-from app.storage import FileStore
+from app.storage import TutorialStore
 from app.transport.socket_body import SocketBody, hang_up_check
 
 bp = Blueprint("completions", __name__)
@@ -87,7 +87,7 @@ def _agent_request(
     return AgentRequest(topic=topic, language=language, temperature=body.temperature), False
 
 
-def check_room(store: FileStore, margin: int) -> None:
+def check_room(store: TutorialStore, margin: int) -> None:
     """Refuse (507 `storage_full`) while the files folder has less than `margin` bytes free."""
     try:
         room = store.has_room(margin)
@@ -121,7 +121,7 @@ def chat_completions() -> Response:
             check_room(svc.store, settings.min_free_bytes)
         lifecycle.admit()
     except APIError as exc:
-        metrics.rejected_requests.labels(exc.code or "rejected").inc()
+        metrics.rejected_requests.labels(exc.metric_reason or exc.code or "rejected").inc()
         metrics.generation_duration.labels(agent.id, "rejected").observe(time.monotonic() - started)
         raise
     include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)

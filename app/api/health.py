@@ -28,7 +28,7 @@ def readyz() -> Response:
     draining = svc.lifecycle.draining
     try:
         room = svc.store.has_room(svc.settings.min_free_bytes)
-        present = svc.store.folder.is_dir()
+        present = svc.store.present()
     except OSError:
         room = present = False
     ready = present and room and not draining
@@ -42,7 +42,9 @@ def readyz() -> Response:
 def metrics() -> Response:
     svc = services()
     with contextlib.suppress(OSError):
-        svc.metrics.files_free_bytes.set(svc.store.free_bytes())
+        free = svc.store.free_bytes()
+        if free is not None:  # the folder's (S3 has no such figure)
+            svc.metrics.files_free_bytes.set(free)
     data, content_type = svc.metrics.render()
     return Response(data, content_type=content_type)
 

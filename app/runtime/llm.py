@@ -26,7 +26,7 @@ from app.generation.call import Call
 from app.metrics import Metrics
 from app.runtime.bridge import off_loop
 from app.settings import Settings
-from app.storage import FileStore
+from app.storage import TutorialStore, new_name
 from app.upstream.client import UpstreamClient
 
 log = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ def _unsupported(what: str) -> AgentError:
 class Runtime:
     """Per-worker MetaGPT runtime: what every agent run shares."""
 
-    def __init__(self, settings: Settings, store: FileStore, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, store: TutorialStore, metrics: Metrics) -> None:
         self.settings = settings
         self.store = store
         self.metrics = metrics
@@ -195,12 +195,14 @@ class Runtime:
         if sink.content() != artifact.text:
             raise AgentError(f"The streamed {agent.artifact} differs from the agent's; it was not saved.")
         data = artifact.text.encode("utf-8")
-        name = self.store.new_name(artifact.title, default=agent.default_title)
+        name = new_name(artifact.title, default=agent.default_title)
         try:
-            await off_loop(self.store.write, name, data)  # its fsync must not stop the worker
+            # The folder's fsync, S3's PUT: either would stop every stream of the worker on its thread.
+            await off_loop(self.store.write, name, data)
         except OSError as exc:
-            log.error("could not save %s (%d bytes): %s", name, len(data), exc)
+            log.error("could not save %s (%d bytes, %s): %s", name, len(data), self.store.backend, exc)
             full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+            self.metrics.storage_failures.labels("full" if full else "error").inc()
             raise StorageError(
                 f"The server could not save the {agent.artifact}: "
                 + ("its disk is full." if full else "its storage failed."),

@@ -107,7 +107,8 @@ class GatewayWorker(GeventWorker):
             from app.services import services
 
             app_services = services(self.wsgi)
-            app_services.retention.start()  # one worker of the server sweeps (app.retention)
+            if app_services.retention is not None:  # the folder's: one worker of the server sweeps it
+                app_services.retention.start()
             self.header_timeout = app_services.settings.header_timeout_seconds
         if getattr(self.cfg, "protocol", "http") != "http" or not hasattr(self.wsgi, "wsgi_app"):
             return
