@@ -1,0 +1,98 @@
+"""The simulated fleet (root only): three hosts in network namespaces on a private bridge, the root
+namespace's servers (scripted LLM, SeaweedFS, Redis, Prometheus) on the bridge's address, gateways per
+test module's needs, nginx at the edge. Everything started is stopped and everything named is removed,
+also when a test or a start fails (and at exit, should pytest's teardown be skipped)."""
+
+from __future__ import annotations
+
+import atexit
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.fleet import network
+from tests.fleet.daemons import Daemon
+from tests.fleet.gateways import Fleet, fleet
+from tests.fleet.network import Network
+from tests.fleet.services import S3, Prometheus, Redis, llm
+
+HOSTS = 3
+# Tokens per second when a topic does not say ([[pace:N]]): fast.
+PACE = 1000
+
+_why_not = network.available()
+pytestmark = pytest.mark.skipif(_why_not is not None, reason=f"the fleet tests need root: {_why_not}")
+
+
+@dataclass
+class Root:
+    """The network and the root namespace's servers, shared by every fleet test."""
+
+    net: Network
+    llm: Daemon
+    llm_url: str
+    s3: S3
+    redis: Redis
+    prometheus: Prometheus
+    folder: Path
+
+    def bucket(self) -> str:
+        """A new private bucket (the default: no policy, no public access)."""
+        name = f"fleet-{uuid.uuid4().hex[:12]}"
+        self.s3.client().create_bucket(Bucket=name)
+        return name
+
+
+@pytest.fixture(scope="session")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Root]:
+    if _why_not is not None:
+        pytest.skip(f"the fleet tests need root: {_why_not}")
+    network.remove_leftovers()
+    net = Network(HOSTS)
+    folder = tmp_path_factory.mktemp("fleet")
+    started: list[object] = []
+
+    def teardown() -> None:
+        while started:
+            item = started.pop()
+            try:
+                item.stop()  # type: ignore[attr-defined]
+            except Exception as exc:  # one failed stop must not leave the rest running
+                print(f"stopping {item!r} failed: {exc}")
+        net.destroy()
+
+    atexit.register(teardown)
+    try:
+        net.create()
+        services = llm(net.bridge_ip, folder, PACE)
+        started.append(services)
+        services.launch()
+        s3 = S3(net.bridge_ip, folder / "s3")
+        started.append(s3)
+        s3.start()
+        redis = Redis(net.bridge_ip, folder / "redis")
+        started.append(redis)
+        redis.start()
+        prometheus = Prometheus(folder / "prometheus")
+        started.append(prometheus)
+        prometheus.start([])
+        services.wait_ready()
+        llm_url = f"http://{net.bridge_ip}:{services.args[services.args.index('--port') + 1]}"
+        yield Root(net, services, llm_url, s3, redis, prometheus, folder)
+    finally:
+        teardown()
+        atexit.unregister(teardown)
+
+
+@pytest.fixture(scope="session")
+def main_fleet(root: Root) -> Iterator[Fleet]:
+    """Three hosts sharing one private bucket, one worker each, behind nginx; Prometheus scrapes them."""
+    bucket = root.bucket()
+    env = root.s3.env(bucket)
+    with fleet(root.net.hosts, 8000, root.llm_url, root.folder / "main", env, bucket=bucket) as f:
+        root.prometheus.discover([g.address for g in f.gateways])
+        yield f
+        root.prometheus.discover([])
