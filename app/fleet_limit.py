@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 
 import gevent
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from app.errors import RateLimited, Unavailable
 
@@ -79,9 +81,14 @@ class FleetLimit:
         self.metrics = metrics
         self.held: set[str] = set()
         self._prefix = f"{socket.gethostname()}:{os.getpid()}:"
-        # Short timeouts: an unreachable Redis must cost a request a second at most, not a minute.
+        # Short timeouts: an unreachable Redis must cost a request about a second, not a minute. One
+        # retry on a fresh connection: after Redis restarts, each pooled connection fails once.
         self._redis = redis.Redis.from_url(
-            url, socket_timeout=1.0, socket_connect_timeout=1.0, retry_on_timeout=False
+            url,
+            socket_timeout=0.5,
+            socket_connect_timeout=0.5,
+            retry=Retry(NoBackoff(), 1),
+            retry_on_error=[redis.ConnectionError],
         )
         self._acquire = self._redis.register_script(_ACQUIRE)
         self._renew = self._redis.register_script(_RENEW)
