@@ -10,6 +10,7 @@ test_deploy_files.py.
 
 from __future__ import annotations
 
+import base64
 import copy
 import os
 import re
@@ -118,7 +119,7 @@ class Render:
             for kind, key in (("ConfigMap", "configMapRef"), ("Secret", "secretRef")):
                 if key in source:
                     obj = self.named(kind, source[key]["name"]) or {}
-                    values.update(self._data(obj))
+                    values.update(self.data(obj))
         for var in container.get("env", []):
             if "value" in var:
                 values[var["name"]] = var["value"]
@@ -127,13 +128,11 @@ class Render:
             for kind, key in (("ConfigMap", "configMapKeyRef"), ("Secret", "secretKeyRef")):
                 if key in ref:
                     obj = self.named(kind, ref[key]["name"]) or {}
-                    values[var["name"]] = self._data(obj).get(ref[key]["key"])
+                    values[var["name"]] = self.data(obj).get(ref[key]["key"])
         return values
 
     @staticmethod
-    def _data(obj: dict[str, Any]) -> dict[str, str]:
-        import base64
-
+    def data(obj: dict[str, Any]) -> dict[str, str]:
         data = dict(obj.get("data") or {})
         if obj.get("kind") == "Secret":
             data = {k: base64.b64decode(v).decode() for k, v in data.items()}
@@ -340,7 +339,7 @@ def references(r: Render) -> list[str]:
                     obj = r.named(kind, source[key]["name"])
                     if obj is None:
                         problems.append(f"{container['name']}: {kind} {source[key]['name']} is not rendered")
-                    elif "key" in source[key] and source[key]["key"] not in r._data(obj):
+                    elif "key" in source[key] and source[key]["key"] not in r.data(obj):
                         problems.append(
                             f"{container['name']}: {kind} {source[key]['name']} lacks {source[key]['key']}"
                         )
@@ -384,7 +383,7 @@ def nginx_config(r: Render) -> list[str]:
         if "configMap" in volumes.get(m["name"], {})
     }
     problems = []
-    config = r._data(r.named("ConfigMap", next(iter(mounted), "")) or {})
+    config = r.data(r.named("ConfigMap", next(iter(mounted), "")) or {})
     for name, original in NGINX_FILES.items():
         if config.get(name) != original.read_text():
             problems.append(
