@@ -261,8 +261,13 @@ def test_promtool_accepts_the_prometheus_config() -> None:
 
 def test_scrape_targets_are_compose_services(services: dict[str, dict[str, Any]]) -> None:
     config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
-    targets = [t for job in config["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]]
-    assert set(targets) == {"app:8000", "nginx-exporter:9113"}
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    # The app by DNS, so that every replica is a target of its own (compose.replicas.yml).
+    [found] = jobs["gateway"]["dns_sd_configs"]
+    assert found["type"] == "A" and "static_configs" not in jobs["gateway"]
+    targets = [f"{name}:{found['port']}" for name in found["names"]]
+    targets += [t for sc in jobs["nginx"]["static_configs"] for t in sc["targets"]]
+    assert sorted(targets) == ["app:8000", "nginx-exporter:9113"]
     for target in targets:
         host, port = target.split(":")
         assert int(port) in container_ports(services[host]), target

@@ -20,7 +20,7 @@ import yaml
 from tests.dashboard_queries import DASHBOARD, dashboard_queries, load, panels, substitute
 
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-ROWS = ["Traffic", "Latency", "Errors", "Upstream LLM & files", "nginx"]
+ROWS = ["Traffic", "Latency", "Errors", "Upstream LLM & files", "Replicas & fleet", "nginx"]
 
 # Metric families as the code declares them (prometheus-client adds the suffixes in the exposition).
 COUNTERS = {
@@ -35,6 +35,8 @@ COUNTERS = {
     "gateway_rejected_requests",
     "gateway_files_removed",
     "gateway_files_removed_bytes",
+    "gateway_storage_failures",
+    "gateway_global_limit_fallbacks",
 }
 GAUGES = {
     "gateway_active_generations",
@@ -45,6 +47,8 @@ GAUGES = {
     "gateway_files_kept",
     "gateway_files_kept_bytes",
     "gateway_retention_last_sweep_timestamp_seconds",
+    "gateway_global_limit",
+    "gateway_global_limit_up",
 }
 HISTOGRAMS = {
     "gateway_generation_duration_seconds",
@@ -266,6 +270,22 @@ def test_quantiles_aggregate_buckets_by_le(graphs: list[dict[str, Any]]) -> None
                 assert panel["fieldConfig"]["defaults"]["unit"] == "s", panel["title"]
 
 
+AGGREGATION = re.compile(r"(?:sum|max|min|count)\b")
+# What may come before a query's outer aggregation: a quantile of it, a time since it, a parenthesis.
+AROUND_AGGREGATION = re.compile(r"^(?:histogram_quantile\([0-9.]+, |time\(\) - |\()*")
+
+
+def test_every_query_aggregates_workers_and_replicas(graphs: list[dict[str, Any]]) -> None:
+    # Each worker of each replica exports its own series (one per `instance`): a panel draws the
+    # whole server unless it says it is per replica, and then it groups by `instance` alone.
+    for panel in graphs:
+        for expr in exprs(panel):
+            assert AGGREGATION.match(AROUND_AGGREGATION.sub("", expr)), f"{panel['title']}: {expr}"
+            if "instance" in expr:
+                assert "replica" in panel["title"].lower(), panel["title"]
+                assert expr.startswith("sum by (instance) ("), expr
+
+
 def test_no_fabricated_data(graphs: list[dict[str, Any]]) -> None:
     # `or vector(0)` would draw a flat 0 for a metric that does not exist (a typo, a dead scrape).
     for expr in all_exprs(graphs):
@@ -344,6 +364,13 @@ REQUIRED = [
     ),
     ("tutorials written/s", "timeseries", ("tutorials written",), "rate(gateway_tutorials_written_total"),
     ("tutorial bytes", None, ("tutorial bytes",), "gateway_tutorial_bytes_total"),
+    ("replicas stat", "stat", ("replicas",), "count(gateway_max_generations)"),
+    ("generations by replica", "timeseries", ("generations", "replica"), "by (instance)"),
+    ("tokens/s by replica", "timeseries", ("tokens", "replica"), "by (instance)"),
+    ("global limit against running", "timeseries", ("global limit",), "max(gateway_global_limit)"),
+    ("global limit's Redis stat", "stat", ("redis",), "min(gateway_global_limit_up)"),
+    ("global limit fallbacks", "timeseries", ("fallbacks", "mode"), "by (mode)"),
+    ("storage failures", "timeseries", ("storage failures", "reason"), "by (reason)"),
     ("nginx connections", "timeseries", ("nginx connections",), "nginx_connections_waiting"),
     ("nginx requests/s", "timeseries", ("nginx requests",), "rate(nginx_http_requests_total"),
 ]
