@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,7 +57,10 @@ class Daemon:
         return self.proc.pid
 
     def launch(self) -> None:
-        """Start without waiting; `wait_ready` then."""
+        """Start without waiting; `wait_ready` then.
+        NOTE: from the main thread only: the kernel sends the parent-death signal when the thread that
+        started the process ends, so one started from a pool's thread would be SIGTERMed with it."""
+        assert threading.current_thread() is threading.main_thread()
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
                 self.args,

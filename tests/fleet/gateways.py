@@ -44,11 +44,6 @@ class Gateway:
     def metric(self, name: str, **labels: str) -> float:
         return metric(self.url, name, **labels)
 
-    def restart(self) -> None:
-        """Start again after a kill or a drain (a host that comes back)."""
-        self.daemon.stop()
-        self.daemon.start()
-
 
 def gateway(host: Host, port: int, llm_url: str, folder: Path, env: dict[str, str], workers: int) -> Gateway:
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,8 +77,11 @@ class Fleet:
     def restart_stopped(self) -> None:
         """Bring back every gateway a test killed or drained, in parallel."""
         stopped = [g for g in self.gateways if not g.daemon.running()]
-        with ThreadPoolExecutor(max(len(stopped), 1)) as pool:
-            list(pool.map(Gateway.restart, stopped))
+        for g in stopped:
+            g.daemon.stop()
+            g.daemon.launch()
+        for g in stopped:
+            g.daemon.wait_ready()
 
     def sum_metric(self, name: str, **labels: str) -> float:
         return sum(g.metric(name, **labels) for g in self.gateways if g.daemon.running())
