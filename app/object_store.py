@@ -50,9 +50,9 @@ class ObjectStore:
         config: S3Config = {"region": settings.s3_region, "virtual_hosted_style_request": False}
         if settings.s3_endpoint:
             config["endpoint"] = settings.s3_endpoint
-        if settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None:
-            config["access_key_id"] = settings.s3_access_key_id.get_secret_value()
-            config["secret_access_key"] = settings.s3_secret_access_key.get_secret_value()
+        keys = _keys(settings)
+        if keys is not None:
+            config["access_key_id"], config["secret_access_key"] = keys
         timeout = f"{settings.s3_timeout_seconds}s"
         self._store = S3Store(
             self.bucket,
@@ -99,6 +99,14 @@ class ObjectStore:
         return None
 
 
+def _keys(settings: Settings) -> tuple[str, str] | None:
+    """The S3 keys the settings give, or None: then the AWS_* environment and instance roles are used."""
+    key, secret = settings.s3_access_key_id, settings.s3_secret_access_key
+    if key and key.get_secret_value() and secret and secret.get_secret_value():
+        return key.get_secret_value(), secret.get_secret_value()
+    return None
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
@@ -116,12 +124,8 @@ def apply_lifecycle(settings: Settings) -> str:
     boto3 (installed with MetaGPT) does this one call: obstore has no bucket operations."""
     import boto3  # ~0.4 s to import: only here, never in a request
 
-    keys: dict[str, str] = {}
-    if settings.s3_access_key_id is not None and settings.s3_secret_access_key is not None:
-        keys = {
-            "aws_access_key_id": settings.s3_access_key_id.get_secret_value(),
-            "aws_secret_access_key": settings.s3_secret_access_key.get_secret_value(),
-        }
+    given = _keys(settings)
+    keys = {"aws_access_key_id": given[0], "aws_secret_access_key": given[1]} if given else {}
     client = boto3.client(
         "s3",
         endpoint_url=settings.s3_endpoint or None,
