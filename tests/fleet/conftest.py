@@ -17,9 +17,14 @@ from tests.fleet import network
 from tests.fleet.daemons import Daemon
 from tests.fleet.gateways import Fleet, fleet
 from tests.fleet.network import Network
+from tests.fleet.relay import StallingRelay
 from tests.fleet.services import S3, Prometheus, Redis, llm
 
 HOSTS = 3
+API_KEY = "fleet-test-key-0123456789"
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+# Lifetime of the gateway's presigned URLs on the keyed host: short, so that a test sees one expire.
+URL_SECONDS = 2
 # Tokens per second when a topic does not say ([[pace:N]]): fast.
 PACE = 1000
 
@@ -96,3 +101,36 @@ def main_fleet(root: Root) -> Iterator[Fleet]:
         root.prometheus.discover([g.address for g in f.gateways])
         yield f
         root.prometheus.discover([])
+
+
+@dataclass
+class Keyed:
+    """One host with API keys whose S3 traffic goes through a relay that can stall uploads."""
+
+    fleet: Fleet
+    relay: StallingRelay
+
+
+@pytest.fixture(scope="session")
+def keyed(root: Root) -> Iterator[Keyed]:
+    bucket = root.bucket()
+    relay = StallingRelay(root.net.bridge_ip, (root.net.bridge_ip, root.s3.ports["s3.port"]))
+    env = {
+        **root.s3.env(bucket, endpoint=f"http://{relay.address}"),
+        "GATEWAY_API_KEYS": API_KEY,
+        "GATEWAY_S3_URL_SECONDS": str(URL_SECONDS),
+    }
+    edge_keys = {"GATEWAY_API_KEYS": API_KEY}
+    try:
+        with fleet(
+            root.net.hosts[:1],
+            8001,
+            root.llm_url,
+            root.folder / "keyed",
+            env,
+            edge_extra=edge_keys,
+            bucket=bucket,
+        ) as f:
+            yield Keyed(f, relay)
+    finally:
+        relay.close()
