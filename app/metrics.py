@@ -10,6 +10,7 @@ in a private registry.
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 from prometheus_client import (
@@ -182,6 +183,12 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemin",
         )
+        # Multiprocess mode has no process collector: each worker adds its CPU time (app.transport.worker).
+        self.worker_cpu = Counter(
+            "gateway_worker_cpu_seconds",
+            "CPU time of the workers (user and system, every thread), added every few seconds.",
+            registry=r,
+        )
         self.global_limit_fallbacks = Counter(
             "gateway_global_limit_fallbacks",
             "Admissions decided without Redis, by GATEWAY_GLOBAL_LIMIT_ON_REDIS_DOWN (local or refuse).",
@@ -216,6 +223,20 @@ class Metrics:
         for mode in ("local", "refuse"):
             self.global_limit_fallbacks.labels(mode)
         self.global_limit_up.set(1)
+
+    def count_cpu(self, interval: float = 5.0) -> None:
+        """Add this process's CPU time to `worker_cpu` every `interval` seconds, from a greenlet."""
+        import gevent
+
+        def run() -> None:
+            last = time.process_time()
+            while True:
+                gevent.sleep(interval)
+                now = time.process_time()
+                self.worker_cpu.inc(now - last)
+                last = now
+
+        gevent.spawn(run)
 
     def render(self) -> tuple[bytes, str]:
         if self.registry is not None:

@@ -107,6 +107,7 @@ class GatewayWorker(GeventWorker):
             from app.services import services
 
             app_services = services(self.wsgi)
+            app_services.metrics.count_cpu()
             if app_services.retention is not None:  # the folder's: one worker of the server sweeps it
                 app_services.retention.start()
             self.header_timeout = app_services.settings.header_timeout_seconds

@@ -24,6 +24,7 @@ ROWS = ["Traffic", "Latency", "Errors", "Upstream LLM & files", "Replicas & flee
 
 # Metric families as the code declares them (prometheus-client adds the suffixes in the exposition).
 COUNTERS = {
+    "gateway_worker_cpu_seconds",
     "gateway_streamed_bytes",
     "gateway_streamed_tokens",
     "gateway_requests",
