@@ -29,7 +29,6 @@ URL_SECONDS = 2
 PACE = 1000
 
 _why_not = network.available()
-pytestmark = pytest.mark.skipif(_why_not is not None, reason=f"the fleet tests need root: {_why_not}")
 
 
 @dataclass
@@ -53,7 +52,7 @@ class Root:
 
 @pytest.fixture(scope="session")
 def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Root]:
-    if _why_not is not None:
+    if _why_not is not None:  # every fleet test needs this fixture: all of them are skipped
         pytest.skip(f"the fleet tests need root: {_why_not}")
     network.remove_leftovers()
     net = Network(HOSTS)

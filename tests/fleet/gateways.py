@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import psutil
 
 from tests.fleet.daemons import Daemon, http_ok
@@ -82,6 +83,19 @@ class Fleet:
             g.daemon.launch()
         for g in stopped:
             g.daemon.wait_ready()
+        for g in stopped:
+            self.wait_in_rotation(g)
+
+    def wait_in_rotation(self, gateway: Gateway, timeout: float = 20) -> None:
+        """Until nginx sends requests to `gateway` again: a server that failed is left out for
+        fail_timeout (10 s)."""
+        deadline = time.monotonic() + timeout
+        seen = gateway.daemon.log.stat().st_size  # the log is appended to across restarts
+        with httpx.Client(timeout=5) as client:
+            while b"GET /openapi.json" not in gateway.daemon.log.read_bytes()[seen:]:
+                assert time.monotonic() < deadline, f"nginx sends nothing to {gateway.address}"
+                client.get(f"{self.url}/openapi.json")
+                time.sleep(0.1)
 
     def sum_metric(self, name: str, **labels: str) -> float:
         return sum(g.metric(name, **labels) for g in self.gateways if g.daemon.running())

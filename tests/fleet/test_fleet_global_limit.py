@@ -32,6 +32,8 @@ SHORT_HOLD = "[[sections:1]][[pace:0]][[fault:stall]][[fault_at:outline]][[after
 LONG_HOLD = "[[fault:stall]][[fault_at:outline]][[after:1]][[stall:60]]"
 MODES = {1: "local", 2: "refuse", 3: "local"}
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def limited(root: Root) -> Iterator[Fleet]:

@@ -18,6 +18,8 @@ OPEN = 9  # three a host (least_conn)
 STALL = 4
 LONG = f"[[sections:1]][[pace:0]][[fault:stall]][[fault_at:section]][[after:2]][[stall:{STALL}]]"
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture
 def fleet(main_fleet: Fleet):

@@ -7,11 +7,14 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from tests.fleet.clients import QUICK, generate
 
 GENERATIONS = 30
 FETCHES = 3
+
+pytestmark = pytest.mark.integration
 
 
 def test_every_link_works_from_any_host(root, main_fleet):

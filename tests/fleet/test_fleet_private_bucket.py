@@ -13,6 +13,8 @@ import pytest
 from tests.fleet.clients import QUICK, Generation, generate
 from tests.fleet.conftest import AUTH, URL_SECONDS
 
+pytestmark = pytest.mark.integration
+
 
 def with_query(url: str, **changes: str) -> str:
     parts = urlsplit(url)

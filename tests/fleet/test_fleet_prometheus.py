@@ -7,11 +7,14 @@ import time
 from contextlib import ExitStack
 
 import httpx
+import pytest
 
 from tests.integration.helpers import hold_stream
 
 OPEN = 6
 HELD = "Observed {n} [[fault:stall]][[fault_at:outline]][[after:1]][[stall:30]]"
+
+pytestmark = pytest.mark.integration
 
 
 def wait_for(prometheus, expr: str, expected: float, timeout: float = 15) -> list[dict]:

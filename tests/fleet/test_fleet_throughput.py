@@ -9,15 +9,19 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.fleet.clients import QUICK, generate
 
 # Small enough that the hosts, not the 2 cores the root namespace (clients, nginx, LLM, S3) shares, are
 # the bottleneck: one uncapped host's worker spends a few ms of CPU per quick generation.
 CPUS_PER_HOST = 0.03
-CLIENTS = 12  # closed loop: four a host keep three capped hosts busy
+CLIENTS = 18  # closed loop: six a host keep three capped hosts busy
 RAMP_SECONDS = 1.0  # completions in the first second are not counted
-RUN_SECONDS = 4.0
+RUN_SECONDS = 5.0
 RUNS = 3
+
+pytestmark = pytest.mark.integration
 
 
 def throughput(url: str, name: str) -> float:
@@ -46,9 +50,11 @@ def throughput(url: str, name: str) -> float:
     return len(counted) / (RUN_SECONDS - RAMP_SECONDS)
 
 
-def test_three_capped_hosts_complete_at_least_2_4_times_the_generations_of_one(main_fleet):
+def test_three_capped_hosts_complete_at_least_2_4_times_the_generations_of_one(root, main_fleet):
     gateways = main_fleet.gateways
     with main_fleet.edge_for(gateways[:1], "edge-one") as one_host:
+        # Each scrape of /metrics costs a capped host a noticeable share of its CPU: none meanwhile.
+        root.prometheus.discover([])
         for g in gateways:
             g.host.set_cpus(CPUS_PER_HOST)
         try:
@@ -60,6 +66,7 @@ def test_three_capped_hosts_complete_at_least_2_4_times_the_generations_of_one(m
         finally:
             for g in gateways:
                 g.host.set_cpus(None)
+            root.prometheus.discover([g.address for g in gateways])
     ratio = statistics.median(three) / statistics.median(one)
     print(
         f"generations/s with {CPUS_PER_HOST} CPU a host: one host {[round(x, 1) for x in one]}, "

@@ -8,8 +8,12 @@ import signal
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
+
 from tests.fleet.clients import QUICK, generate
 from tests.fleet.conftest import AUTH
+
+pytestmark = pytest.mark.integration
 
 
 def test_a_writer_killed_during_its_upload_leaves_no_object_and_sends_no_link(root, keyed):
