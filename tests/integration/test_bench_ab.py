@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,3 +51,41 @@ def test_same_tree_side_by_side(tmp_path: Path) -> None:
     assert repeat["ratio"]["cpu_per_token"] == pytest.approx(
         repeat["B"]["cpu_per_token_us"] / repeat["A"]["cpu_per_token_us"]
     )
+
+
+def test_scale_out_side_by_side(tmp_path: Path) -> None:
+    """Issue 20's comparison, short: B keeps its files in S3 (SeaweedFS) and takes a fleet slot in Redis
+    for every generation, A does neither; both run clean, and B's files are all in the bucket."""
+    from tests.fleet.services import S3, Redis
+
+    s3, redis_server = S3("127.0.0.1", tmp_path / "s3"), Redis("127.0.0.1", tmp_path / "redis")
+    s3.start()
+    try:
+        redis_server.start()
+        s3.client().create_bucket(Bucket="bench")
+        env_b = {
+            **s3.env("bench"),
+            "GATEWAY_REDIS_URL": redis_server.url,
+            "GATEWAY_GLOBAL_MAX_GENERATIONS": "50",
+        }
+        out = tmp_path / "ab.json"
+        args = [sys.executable, "-m", "bench.ab", str(ROOT), str(ROOT), "--streams", "4", "--window", "3"]
+        args += ["--repeats", "1", "--warmup", "0", "--pace", "0", "--directives", "[[sections:1]]"]
+        args += [arg for name, value in env_b.items() for arg in ("--env-b", f"{name}={value}")]
+        done = subprocess.run(
+            [*args, "--json", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=240
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        (repeat,) = json.loads(out.read_text())["repeats"]
+        assert repeat["A"]["errors"] == 0 and repeat["B"]["errors"] == 0
+        assert repeat["B"]["requests"] > 0 and repeat["B"]["cpu_per_request_ms"] > 0
+        keys = s3.keys("bench")
+        assert keys and all(key.startswith("tutorials/") for key in keys)  # B's files are in the bucket
+        deadline = time.monotonic() + 12  # given back, or expired (10 s) if a stream was cut at the end
+        with redis_server.client() as client:
+            while client.zcard("gateway:generations") and time.monotonic() < deadline:
+                time.sleep(0.5)
+            assert client.zcard("gateway:generations") == 0
+    finally:
+        redis_server.stop()
+        s3.stop()
