@@ -149,3 +149,27 @@ def nginx_exporter_args(status_url: str, port: int) -> list[str]:
         f"-nginx.scrape-uri={status_url}/stub_status",
         f"-web.listen-address=127.0.0.1:{port}",
     ]
+
+
+# The pinned tools venv first, so a different version elsewhere on PATH does not decide the result.
+TOOL_DIRS = (ROOT / ".venv-tools" / "bin", ROOT / ".venv" / "bin")
+SYSTEM_DIRS = (Path("/usr/sbin"), Path("/usr/bin"))
+OS_PACKAGED = {"docker-compose", "promtool", "nginx", "redis-server"}  # the rest: scripts/install_tools.sh
+
+
+def tool(name: str) -> str:
+    """The path of a command-line tool the tests run; a missing one fails the test, naming its installer."""
+    import shutil
+
+    for folder in TOOL_DIRS:
+        if os.access(folder / name, os.X_OK):
+            return str(folder / name)
+    found = shutil.which(name) or next(
+        (str(d / name) for d in SYSTEM_DIRS if os.access(d / name, os.X_OK)), None
+    )
+    if found is None:
+        import pytest
+
+        step = "scripts/install_os_deps.sh (as root)" if name in OS_PACKAGED else "scripts/install_tools.sh"
+        pytest.fail(f"{name} is not installed: run `{step}` (make install runs it)", pytrace=False)
+    return found

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import re
 import runpy
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -20,22 +19,13 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.procs import tool
+
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 FILES = [ROOT / "docker-compose.yml", ROOT / "compose.replicas.yml"]
-TOOL_DIRS = (ROOT / ".venv-tools" / "bin", ROOT / ".venv" / "bin")
 COMPOSE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)")
-
-
-def tool(name: str) -> str:
-    for folder in TOOL_DIRS:
-        if os.access(folder / name, os.X_OK):
-            return str(folder / name)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(f"{name} is not installed (make install installs it)", pytrace=False)
-    return found
 
 
 def render(tmp_path: Path, **variables: str) -> tuple[dict[str, Any], subprocess.CompletedProcess[str]]:

@@ -13,7 +13,6 @@ import os
 import re
 import runpy
 import shlex
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -22,39 +21,17 @@ import pytest
 import yaml
 
 from app.transport.worker import DRAIN_MARGIN
+from tests.procs import tool
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
-# The pinned tools venv first, so a different version elsewhere on PATH does not decide the result.
-TOOL_DIRS = (ROOT / ".venv-tools" / "bin", ROOT / ".venv" / "bin")
-SYSTEM_DIRS = (Path("/usr/sbin"), Path("/usr/bin"))
-INSTALL_STEP = {
-    "hadolint": "scripts/install_tools.sh",
-    "check-jsonschema": "scripts/install_tools.sh",
-    "docker-compose": "scripts/install_os_deps.sh (as root)",
-    "promtool": "scripts/install_os_deps.sh (as root)",
-}
 # Variables compose substitutes; scrubbed so that the checks see the defaults, not this shell's values.
 COMPOSE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)")
 # The only variables nginx's envsubst touches: it substitutes defined names, which are all upper case.
 TEMPLATE_VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
-
-
-def tool(name: str) -> str:
-    for folder in TOOL_DIRS:
-        if os.access(folder / name, os.X_OK):
-            return str(folder / name)
-    found = shutil.which(name) or next(
-        (str(d / name) for d in SYSTEM_DIRS if os.access(d / name, os.X_OK)), None
-    )
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed: run `{INSTALL_STEP[name]}` (make install runs it)", pytrace=False
-        )
-    return found
 
 
 def run(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

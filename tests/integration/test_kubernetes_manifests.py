@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import base64
 import copy
-import os
 import re
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ import yaml
 
 from app.settings import Settings
 from app.transport.worker import DRAIN_MARGIN
+from tests.procs import tool
 
 pytestmark = pytest.mark.integration
 
@@ -66,20 +66,6 @@ NGINX_FILES = {
     "gateway.conf.template": ROOT / "nginx" / "templates" / "gateway.conf.template",
 }
 APP, NGINX = "gateway", "nginx"
-# The pinned tools venv first, so a different version elsewhere on PATH does not decide the result.
-TOOL_DIRS = (ROOT / ".venv-tools" / "bin", ROOT / ".venv" / "bin")
-
-
-def tool(name: str) -> str:
-    for folder in TOOL_DIRS:
-        if os.access(folder / name, os.X_OK):
-            return str(folder / name)
-    found = shutil.which(name)
-    if found is None:
-        pytest.fail(
-            f"{name} is not installed: run `scripts/install_tools.sh` (make install runs it)", pytrace=False
-        )
-    return found
 
 
 @dataclass
