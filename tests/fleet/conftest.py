@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import atexit
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,35 +57,34 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Root]:
     network.remove_leftovers()
     net = Network(HOSTS)
     folder = tmp_path_factory.mktemp("fleet")
-    started: list[object] = []
+    stops: list[Callable[[], None]] = []
 
     def teardown() -> None:
-        while started:
-            item = started.pop()
+        while stops:
+            stop = stops.pop()
             try:
-                item.stop()  # type: ignore[attr-defined]
+                stop()
             except Exception as exc:  # one failed stop must not leave the rest running
-                print(f"stopping {item!r} failed: {exc}")
+                print(f"stopping failed: {exc!r}")
         net.destroy()
 
     atexit.register(teardown)
     try:
         net.create()
-        services = llm(net.bridge_ip, folder, PACE)
-        started.append(services)
-        services.launch()
+        scripted, llm_url = llm(net.bridge_ip, folder, PACE)
+        stops.append(scripted.stop)
+        scripted.launch()
         s3 = S3(net.bridge_ip, folder / "s3")
-        started.append(s3)
+        stops.append(s3.stop)
         s3.start()
         redis = Redis(net.bridge_ip, folder / "redis")
-        started.append(redis)
+        stops.append(redis.stop)
         redis.start()
         prometheus = Prometheus(folder / "prometheus")
-        started.append(prometheus)
+        stops.append(prometheus.stop)
         prometheus.start([])
-        services.wait_ready()
-        llm_url = f"http://{net.bridge_ip}:{services.args[services.args.index('--port') + 1]}"
-        yield Root(net, services, llm_url, s3, redis, prometheus, folder)
+        scripted.wait_ready()
+        yield Root(net, scripted, llm_url, s3, redis, prometheus, folder)
     finally:
         teardown()
         atexit.unregister(teardown)

@@ -22,14 +22,14 @@ S3_SECRET_KEY = "fleet-test-secret-0123456789"
 S3_REGION = "us-east-1"
 
 
-def llm(address: str, folder: Path, pace: float) -> Daemon:
+def llm(address: str, folder: Path, pace: float) -> tuple[Daemon, str]:
+    """The scripted LLM on `address` (not started) and its URL, without /v1."""
     port = free_port_on(address)
     args = scripted_llm_args(port, pace)
     args[args.index("127.0.0.1")] = address
     url = f"http://{address}:{port}"
-    return Daemon(
-        "scripted LLM", args, folder / "scripted_llm.log", http_ok(f"{url}/healthz"), startup_timeout=30
-    )
+    log = folder / "scripted_llm.log"
+    return Daemon("scripted LLM", args, log, http_ok(f"{url}/healthz"), startup_timeout=30), url
 
 
 @dataclass
@@ -81,8 +81,10 @@ class S3:
             f"-s3.localSocket={self.folder / 's3.sock'}",
             f"-filer.localSocket={self.folder / 'filer.sock'}",
             "-master.telemetry=false",
-            "-master.volumeSizeLimitMB=64",
-            "-volume.max=8",
+            # Each bucket is a collection that grows several volumes at its first write: room for many
+            # buckets (volumes are sparse files: small ones cost nothing).
+            "-master.volumeSizeLimitMB=32",
+            "-volume.max=100",
         ]
         # NOTE: SeaweedFS does not stop on SIGTERM within seconds: SIGKILL at once.
         self.daemon = Daemon(
