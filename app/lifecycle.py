@@ -71,6 +71,9 @@ class Lifecycle:
         NOTE: `admit`'s caller creates the generation without yielding, so `started` binds this slot."""
         if self.fleet is None:
             return
+        if self._admitted is not None:  # admitted, but its generation never started: give it back
+            self.fleet.release(self._admitted)
+            self._admitted = None
         try:
             self._admitted = self.fleet.acquire()
         except Exception:

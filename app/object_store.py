@@ -75,7 +75,15 @@ class ObjectStore:
         if not is_valid_name(name):
             raise ValueError(f"unsafe tutorial name {name!r}")
         try:
-            obstore.put(self._store, name, data, mode="create", attributes={"Content-Type": CONTENT_TYPE})
+            # One PUT (never multipart: no hidden parts), up to 5 GiB; a file is at most 4 Mi characters.
+            obstore.put(
+                self._store,
+                name,
+                data,
+                mode="create",
+                use_multipart=False,
+                attributes={"Content-Type": CONTENT_TYPE},
+            )
         except AlreadyExistsError:
             # Names carry 122 random bits: the object is this very PUT's, sent again by a retry.
             log.info("%s was already stored (a retried upload)", name)
