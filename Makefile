@@ -7,18 +7,26 @@ export UV_PYTHON_DOWNLOADS := never
 export UV_LINK_MODE := copy
 export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 
-.PHONY: install os-deps tools run test lint unit integration bench bench-smoke clean
+.PHONY: install os-deps tools node-clients run test lint unit integration bench bench-smoke clean
 
 # Everything the stack and the tests need: the locked Python environment, Debian's nginx, Prometheus,
 # the nginx exporter, docker-compose, the Docker engine and mmdebstrap (apt, as root), and the linters
-# for the deploy files.
-install: $(VENV)/.installed os-deps tools
+# for the deploy files, and the Node clients of the Responses API tests.
+install: $(VENV)/.installed os-deps tools node-clients
 
 os-deps:
 	./scripts/install_os_deps.sh
 
 tools:
 	./scripts/install_tools.sh
+
+NODE_CLIENTS := tests/clients/node
+node-clients: $(NODE_CLIENTS)/node_modules/.installed
+
+# The openai and Vercel AI SDK packages exactly as locked (npm ci); the stamp skips it until the lock changes.
+$(NODE_CLIENTS)/node_modules/.installed: $(NODE_CLIENTS)/package-lock.json
+	npm ci --prefix $(NODE_CLIENTS) --no-audit --no-fund
+	@touch $@
 
 # uv installs the locked environment (uv.lock) with bytecode compiled (see [tool.uv] in pyproject.toml).
 $(VENV)/.installed: pyproject.toml uv.lock
