@@ -14,7 +14,7 @@ from app.agents.housekeeping import Housekeeping
 from app.api import sse
 from app.api.protocol import ChatCompletionRequest, Completion, file_link, parse_request
 from app.errors import APIError, InvalidRequest, ModelNotFound, StorageError, UnsupportedMediaType
-from app.generation.body import stream
+from app.generation.body import ChatFraming, stream
 from app.generation.job import ClientGone, Failed, Generation, collect
 from app.metrics import OTHER_MODEL
 from app.services import services
@@ -157,11 +157,9 @@ def chat_completions() -> Response:
         raise first.error
     body_iter = stream(
         generation,
-        completion,
-        base_url,
+        ChatFraming(completion, base_url, svc.links),
         settings.heartbeat_seconds,
         SocketBody.of(request.environ, settings.send_timeout_seconds),
-        links=svc.links,
     )
     # direct_passthrough: gunicorn iterates the generator itself (werkzeug would wrap it twice per event).
     return Response(body_iter, status=200, headers=sse.HEADERS, direct_passthrough=True)

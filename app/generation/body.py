@@ -9,7 +9,8 @@ heartbeats, the end, or a client that does not keep up.
 from __future__ import annotations
 
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Protocol
 
 from app.agents.base import Kind
 from app.api import sse
@@ -20,31 +21,75 @@ from app.metrics import Batched
 from app.transport.direct import DirectRelay
 from app.transport.socket_body import SocketBody
 
+if TYPE_CHECKING:
+    from app.agents.base import AgentResult
+    from app.errors import APIError
+
 DEADLINE_GRACE = 5.0  # seconds past the generation's time limit a slow reader gets for its error event
+
+
+class ChatFraming:
+    """A chat completion's events: the role chunk, a chunk per token, the link, the finish chunk (and
+    the usage chunk if asked), then `data: [DONE]`."""
+
+    closing = sse.DONE
+
+    def __init__(self, completion: Completion, base_url: str, links: LinkSigner | None) -> None:
+        self.completion, self.base_url, self.links = completion, base_url, links
+        self.frames: dict[Kind, Callable[[str], bytes]] = {
+            "content": sse.Template(lambda text: completion.chunk({"content": text})),
+            "reasoning": sse.Template(lambda text: completion.chunk({"reasoning_content": text})),
+        }
+
+    def opening(self) -> bytes:
+        return sse.data(self.completion.chunk({"role": "assistant", "content": ""}))
+
+    def finished(self, result: AgentResult) -> list[bytes]:
+        completion = self.completion
+        link = file_link(result, self.base_url, self.links)
+        out, extra = [], {}
+        if link is not None:
+            out.append(sse.data(completion.chunk({"content": link.link_markdown()})))
+            extra = link.fields()  # extension
+        out.append(sse.data(completion.chunk({}, finish_reason="stop", **extra)))
+        if completion.include_usage:
+            out.append(sse.data(completion.usage_chunk(result.usage)))
+        return out
+
+    def failed(self, error: APIError) -> list[bytes]:
+        return [sse.data(error.body())]
+
+
+class Framing(Protocol):
+    """How one API frames a generation's events (chat here, the Responses API in app.api.responses)."""
+
+    frames: dict[Kind, Callable[[str], bytes]]  # a token's event(s), also sent from the poller's tick
+    closing: bytes  # after the last event
+
+    def opening(self) -> bytes: ...
+
+    def finished(self, result: AgentResult) -> list[bytes]: ...  # each is written on its own
+
+    def failed(self, error: APIError) -> list[bytes]: ...
 
 
 def _events(
     generation: Generation,
-    completion: Completion,
-    base_url: str,
+    framing: Framing,
     heartbeat: float,
     status: list[str],
     direct: tuple[SocketBody, Batched] | None,
-    links: LinkSigner | None,
 ) -> Generator[bytes, None, None]:
     """The SSE body as a sequence of events; `status[0]` says how it ended. With `direct` (the body
     and the streamed-bytes counter), tokens after the first go from the poller's tick to the body."""
     metrics, model = generation.metrics, generation.model
     first_token = True
-    frames: dict[Kind, sse.Template] = {
-        "content": sse.Template(lambda text: completion.chunk({"content": text})),
-        "reasoning": sse.Template(lambda text: completion.chunk({"reasoning_content": text})),
-    }
+    frames = framing.frames
     tokens: dict[Kind, Batched] = {
         kind: Batched(metrics.streamed_tokens.labels(model, kind)) for kind in frames
     }
     try:
-        yield sse.data(completion.chunk({"role": "assistant", "content": ""}))
+        yield framing.opening()
         while True:
             event = generation.next(timeout=heartbeat)
             if event is None:
@@ -59,33 +104,22 @@ def _events(
                 tokens[event.kind].add(event.count)
                 yield frames[event.kind](event.text)
             elif isinstance(event, Finished):
-                link = file_link(event.result, base_url, links)
-                extra = {}
-                if link is not None:
-                    yield sse.data(completion.chunk({"content": link.link_markdown()}))
-                    extra = link.fields()  # extension
-                yield sse.data(completion.chunk({}, finish_reason="stop", **extra))
-                if completion.include_usage:
-                    yield sse.data(completion.usage_chunk(event.result.usage))
+                yield from framing.finished(event.result)
                 status[0] = "completed"
                 break
             else:
-                yield sse.data(event.error.body())
+                yield from framing.failed(event.error)
                 status[0] = "failed"
                 break
-        yield sse.DONE
+        if framing.closing:
+            yield framing.closing
     finally:
         for counter in tokens.values():
             counter.flush()
 
 
 def stream(
-    generation: Generation,
-    completion: Completion,
-    base_url: str,
-    heartbeat: float,
-    body: SocketBody | None = None,
-    links: LinkSigner | None = None,
+    generation: Generation, framing: Framing, heartbeat: float, body: SocketBody | None = None
 ) -> Iterator[bytes]:
     """The SSE body. Headers are already decided; from here an error is an event, then [DONE].
 
@@ -99,7 +133,7 @@ def stream(
     status = ["cancelled"]
     written = Batched(metrics.streamed_bytes.labels(model))
     direct = None if body is None else (body, written)
-    events = _events(generation, completion, base_url, heartbeat, status, direct, links)
+    events = _events(generation, framing, heartbeat, status, direct)
     try:
         if body is None:
             pending = 0

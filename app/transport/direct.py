@@ -3,8 +3,9 @@ in the hub, without waking the request's greenlet (`app.generation.Generation.re
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from app.agents.base import Kind
-from app.api import sse
 from app.metrics import Batched
 from app.transport.socket_body import SocketBody
 
@@ -18,7 +19,7 @@ class DirectRelay:
     def __init__(
         self,
         body: SocketBody,
-        frames: dict[Kind, sse.Template],
+        frames: dict[Kind, Callable[[str], bytes]],
         tokens: dict[Kind, Batched],
         written: Batched,
     ) -> None:

@@ -19,7 +19,7 @@ import pytest
 from app.agents.base import Agent, AgentRequest, Artifact, Sink
 from app.api.protocol import Completion
 from app.errors import UpstreamError
-from app.generation.body import stream
+from app.generation.body import ChatFraming, stream
 from app.generation.job import Generation, collect
 from app.lifecycle import Lifecycle
 from app.metrics import Metrics
@@ -206,7 +206,7 @@ def test_a_stream_relays_every_token_in_order_then_the_file_the_usage_and_done(m
     )
     generation = h.start()
     completion = Completion(model="notes", include_usage=True)
-    out = events(stream(generation, completion, BASE_URL, heartbeat=5.0))
+    out = events(stream(generation, ChatFraming(completion, BASE_URL, None), heartbeat=5.0))
 
     assert out[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
     assert deltas(out, "reasoning_content") == '{"plan": 1}'
@@ -252,7 +252,7 @@ def test_non_streaming_collects_the_same_text_and_result(make):
 
 def test_upstream_silence_becomes_heartbeats_and_the_stream_goes_on(make):
     h = make(reply("x", pause=0.35), reply("y"))
-    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=0.1))
+    out = events(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=0.1))
     assert out.count(":") >= 2
     assert deltas(out, "reasoning_content") == "x" and out[-1] == "[DONE]"
     assert h.value("gateway_heartbeats_total", model="notes") == out.count(":")
@@ -261,7 +261,7 @@ def test_upstream_silence_becomes_heartbeats_and_the_stream_goes_on(make):
 def test_a_client_that_leaves_cancels_the_agent_and_closes_the_upstream_reply(make):
     slow = ScriptedReply([Read("a", 1), 30.0, Read("never", 1)])
     h = make(slow)
-    body = stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0)
+    body = stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0)
     assert b"role" in next(body) and b"a" in next(body)  # the role chunk, then the first token
     body.close()  # what gunicorn does when a write to the client fails
     assert slow.closed  # the upstream sees its request end at once
@@ -277,7 +277,7 @@ def test_an_upstream_failure_mid_stream_is_an_error_event_and_nothing_is_publish
         [Read("a", 1), UpstreamError("The upstream LLM timed out.", code="upstream_timeout")]
     )
     h = make(broken)
-    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    out = events(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0))
     assert out[-2] == {
         "error": {
             "message": "The upstream LLM timed out.",
@@ -293,7 +293,7 @@ def test_an_upstream_failure_mid_stream_is_an_error_event_and_nothing_is_publish
 
 def test_the_time_limit_ends_the_generation_with_its_own_error(make):
     h = make(ScriptedReply([30.0, Read("late", 1)]), max_seconds=0.3)
-    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=0.1))
+    out = events(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=0.1))
     error = out[-2]["error"]
     assert error["code"] == "generation_timeout" and "0.3 s" in error["message"]
     assert h.files() == [] and h.settle_tasks() == 0
@@ -301,7 +301,7 @@ def test_the_time_limit_ends_the_generation_with_its_own_error(make):
 
 def test_an_llm_call_the_gateway_does_not_relay_fails_clearly(make):
     h = make(agent=Notes(ask="aask_code"))
-    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    out = events(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0))
     error = out[-2]["error"]
     assert error["code"] == "agent_error" and "function calling (aask_code)" in error["message"]
     assert h.client.payloads == []  # nothing went upstream
@@ -320,7 +320,7 @@ def test_the_socket_writer_sends_what_the_yielding_body_would(make):
     """With a `SocketBody`, the first event is yielded (gunicorn sends it with the head) and every
     later one is written to the socket as a chunk of HTTP/1.1 chunked encoding."""
     yielded = make(reply("p"), reply("one", " two"))
-    expected = events(stream(yielded.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    expected = events(stream(yielded.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0))
 
     h = make(reply("p"), reply("one", " two"))
     ours, theirs = gevent.socket.socketpair()
@@ -328,7 +328,7 @@ def test_the_socket_writer_sends_what_the_yielding_body_would(make):
         environ = {"gunicorn.socket": ours, SOCKET_BODY_KEY: True, "SERVER_PROTOCOL": "HTTP/1.1"}
         body = SocketBody.of(environ)
         assert body is not None
-        first = list(stream(h.start(), Completion(model="notes"), BASE_URL, 5.0, body))
+        first = list(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), 5.0, body))
         ours.shutdown(2)
         received = b""
         while data := theirs.recv(65536):
@@ -353,7 +353,7 @@ def test_the_socket_writer_sends_what_the_yielding_body_would(make):
 def test_an_upstream_models_thinking_is_reasoning_in_order_and_never_in_the_file(make):
     thinking = ScriptedReply([Read("", 0, None, False, "hmm, "), Read("Hi", 1, None, False, "done."), Read()])
     h = make(reply("p"), thinking)
-    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    out = events(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0))
     pieces = [
         (k, v)
         for c in out
@@ -375,7 +375,7 @@ def test_an_upstream_models_thinking_is_reasoning_in_order_and_never_in_the_file
 def test_a_text_past_the_content_limit_ends_with_an_error_and_nothing_is_saved(make):
     endless = ScriptedReply([Read("word " * 10, 10) for _ in range(100)] + [Read()])
     h = make(reply("p"), endless, max_content_chars=200)
-    out = events(stream(h.start(), Completion(model="notes"), BASE_URL, heartbeat=5.0))
+    out = events(stream(h.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0))
     error = out[-2]["error"]
     assert error["code"] == "upstream_bad_output" and "200 characters" in error["message"]
     assert len(deltas(out, "content")) <= 200 and h.files() == []
