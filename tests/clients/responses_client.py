@@ -16,6 +16,7 @@ import argparse
 import json
 import sys
 import typing
+import warnings
 from typing import Any
 
 import openai
@@ -77,6 +78,8 @@ def main() -> None:
     p.add_argument("--drop-after", type=int, default=5, help="resume: hang up after this sequence number")
     p.add_argument("--extra", default="{}", help="extra body fields, as JSON")
     a = p.parse_args()
+    # The stream helper's ParsedResponse (texts with a `parsed` field) makes pydantic's serializer warn.
+    warnings.filterwarnings("ignore", message="Pydantic serializer warnings")
     if a.mode == "validate":
         for line in sys.stdin:
             raw = json.loads(line)
