@@ -156,6 +156,17 @@ def test_openai_python_resumes_a_background_response_after_hanging_up(proxied):
     assert stored["file"] == final["file"]
 
 
+def test_a_failure_after_streaming_began_is_an_error_event_then_response_failed(proxied):
+    topic = "Failing response [[fault:cut]][[fault_at:section]][[after:3]]"
+    events = [line["event"] for line in python_client("stream", f"{proxied.url}/v1", topic)]
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    error, failed = events[-2:]
+    assert error["type"] == "error" and error["code"] == "upstream_unavailable" and error["message"]
+    assert failed["type"] == "response.failed" and failed["response"]["status"] == "failed"
+    assert failed["response"]["error"]["code"] == "server_error"
+    assert not any(e["type"] == "response.completed" for e in events)
+
+
 def test_openai_node_streams_events_openai_python_accepts(proxied):
     events = node_client("responses.mjs", f"{proxied.url}/v1", "Responses from Node [[sections:2]]")
     check_events(sdk_checked(events))
