@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from flask import Flask
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.response_store import ResponseStore
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -23,7 +27,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app import capacity, services
     from app.agents.housekeeping import Housekeeping
     from app.agents.registry import build_registry
-    from app.api import auth, completions, files, health, models
+    from app.api import auth, completions, files, health, models, responses
     from app.api.links import LinkSigner
     from app.errors import register_error_handlers
     from app.lifecycle import Lifecycle
@@ -97,11 +101,23 @@ def create_app(settings: Settings | None = None) -> Flask:
             links=links,
             openapi=health.load_openapi(),
             retention=retention,
+            responses=response_store(settings),
         ),
     )
     auth.install(app, authenticator, links)
 
     register_error_handlers(app)
-    for module in (completions, models, files, health):
+    for module in (completions, responses, models, files, health):
         app.register_blueprint(module.bp)
     return app
+
+
+def response_store(settings: Settings) -> ResponseStore:
+    """Redis when configured (every host reads every response), else a folder this host's workers share."""
+    from app.response_store import LocalResponseStore, RedisResponseStore
+
+    if settings.redis_url is not None:
+        return RedisResponseStore(settings.redis_url.get_secret_value(), settings.responses_ttl_seconds)
+    store = LocalResponseStore(settings.data_dir / "responses", settings.responses_ttl_seconds)
+    store.ensure()
+    return store

@@ -15,6 +15,7 @@ import os
 from typing import TYPE_CHECKING
 
 import gevent
+import gevent.pool
 
 from app.errors import RateLimited, ShuttingDown, Unavailable
 
@@ -35,6 +36,7 @@ class Lifecycle:
         self.fleet = fleet  # the limit across hosts (Redis), when configured
         self._members: dict[Generation, str] = {}  # each generation's slot in the fleet's set
         self._admitted: str | None = None  # the slot `admit` took, until `started` binds it
+        self.background = gevent.pool.Group()  # the greenlets driving background responses
         self.draining = False
         self.refusing = False  # while draining, whether new work is refused (see drain)
         self._shared = shared

@@ -189,6 +189,24 @@ class Metrics:
             "CPU time of the workers (user and system, every thread), added every few seconds.",
             registry=r,
         )
+        # The Responses API's background generations and the clients attached to stored responses.
+        self.responses_background = Gauge(
+            "gateway_responses_background",
+            "Background responses running (their generations run whatever becomes of any connection).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.responses_attached = Gauge(
+            "gateway_responses_attached",
+            "Clients reading a stored response's events (a background response's stream, or a re-attach).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.responses_resumed = Counter(
+            "gateway_responses_resumed",
+            "Attaches to a stored response from a sequence number (`starting_after`): resumed streams.",
+            registry=r,
+        )
         self.global_limit_fallbacks = Counter(
             "gateway_global_limit_fallbacks",
             "Admissions decided without Redis, by GATEWAY_GLOBAL_LIMIT_ON_REDIS_DOWN (local or refuse).",

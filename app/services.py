@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from app.api.links import LinkSigner
     from app.lifecycle import Lifecycle
     from app.metrics import Metrics
+    from app.response_store import ResponseStore
     from app.retention import Retention
     from app.runtime.bridge import AsyncioBridge
     from app.runtime.llm import Runtime
@@ -41,6 +42,7 @@ class Services:
     openapi: dict[str, Any]
     # The folder's (None on S3); started by gunicorn's worker (app.transport.worker), not by the app.
     retention: Retention | None
+    responses: ResponseStore  # the Responses API's stored responses
 
 
 def init_app(app: Flask, services: Services) -> None:

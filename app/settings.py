@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     global_slot_ttl_seconds: float = Field(default=10.0, ge=1.0, le=3600)
     global_limit_on_redis_down: Literal["local", "refuse"] = "local"
 
+    # Stored responses (the Responses API): kept this long after their last write; in Redis when
+    # `redis_url` is set (any host can read them), else in <data_dir>/responses (this host's workers).
+    responses_ttl_seconds: float = Field(default=86400.0, gt=0)
+
     # Links and agent options. With API keys, download links are signed and expire after this long;
     # the secret defaults to one derived from the keys (set it to keep links across key rotations).
     link_ttl_seconds: int = Field(default=7 * 24 * 3600, gt=0)

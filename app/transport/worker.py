@@ -84,6 +84,15 @@ class GatewayWorker(GeventWorker):
 
     header_timeout = 15.0  # as nginx's client_header_timeout; the app's setting replaces it
 
+    def run(self) -> None:
+        """gunicorn's loop, then the background responses still running (app.api.responses): they end
+        by themselves or at the drain's deadline, which aborts them with an error they record."""
+        super().run()
+        if isinstance(self.wsgi, Flask) and "gateway" in self.wsgi.extensions:
+            from app.services import services
+
+            services(self.wsgi).lifecycle.background.join(timeout=self.cfg.graceful_timeout)
+
     def init_process(self) -> None:
         util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
         self._clients: dict[gevent.Greenlet, socket.socket] = {}  # each handler's connection

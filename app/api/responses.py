@@ -1,0 +1,335 @@
+"""OpenAI's Responses API: `POST /v1/responses`, `GET /v1/responses/<id>` (the object, or its events
+with `stream=true&starting_after=N`), `POST /v1/responses/<id>/cancel`, `DELETE /v1/responses/<id>`.
+
+A response runs the same `Generation` as a chat completion; only the framing differs
+(`app.api.responses_wire`). Without `background`, the request's greenlet drives it, on the fast path,
+and a client that leaves cancels it, as for chat; with `store` (OpenAI's default) its object is kept.
+With `background: true`, a greenlet of the worker's own drives it (`drive`) whatever becomes of any
+connection: it records the events in the response store, one write per relay tick, and the object about
+once a second; clients, on any worker (and with Redis, any host), read them from there (`attach`) from
+any sequence number, as often as they like. A cancel request is a flag in the store that the driver
+looks at twice a second.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import gevent
+from flask import Blueprint, Response, jsonify, request
+
+from app.api import sse
+from app.api.completions import _agent_request, _base_url, _payload, check_room
+from app.api.protocol import file_link
+from app.api.responses_wire import (
+    TERMINAL_STATUSES,
+    Event,
+    ResponseStream,
+    frame,
+    parse_responses_request,
+)
+from app.errors import APIError, InvalidRequest, ModelNotFound, NotFound
+from app.generation.body import stream
+from app.generation.job import ClientGone, Failed, Finished, Generation, Token, collect
+from app.metrics import Batched, Metrics
+from app.services import services
+from app.transport.socket_body import SocketBody, hang_up_check
+
+if TYPE_CHECKING:
+    from app.agents.base import AgentResult, Kind
+    from app.api.links import LinkSigner
+    from app.response_store import ResponseStore
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("responses", __name__)
+
+FLUSH_SECONDS = 0.05  # a background response's events are written at most this long after they happen
+CANCEL_CHECK_SECONDS = 0.5  # how often a background driver looks for a cancel request
+SNAPSHOT_SECONDS = 1.0  # how often its object (the output so far) is written
+TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
+
+
+class ResponsesFraming:
+    """The Responses API's events for `app.generation.body.stream`: no `[DONE]`; the object is stored
+    at the end when `store` asks for it."""
+
+    closing = b""
+
+    def __init__(
+        self,
+        rs: ResponseStream,
+        base_url: str,
+        links: LinkSigner | None,
+        on_end: Callable[[ResponseStream], None] | None,
+    ) -> None:
+        self.rs, self.base_url, self.links, self.on_end = rs, base_url, links, on_end
+        self.frames: dict[Kind, Callable[[str], bytes]] = {
+            "content": lambda text: _framed(rs.token("content", text)),
+            "reasoning": lambda text: _framed(rs.token("reasoning", text)),
+        }
+
+    def opening(self) -> bytes:
+        return _framed(self.rs.start())
+
+    def finished(self, result: AgentResult) -> list[bytes]:
+        events = self.rs.finish(result.usage, file_link(result, self.base_url, self.links))
+        self._ended()
+        return [frame(event) for event in events]
+
+    def failed(self, error: APIError) -> list[bytes]:
+        events = self.rs.fail(error)
+        self._ended()
+        return [frame(event) for event in events]
+
+    def _ended(self) -> None:
+        if self.on_end is not None:
+            try:
+                self.on_end(self.rs)
+            except APIError as exc:  # the client still gets its events; GET will not find it
+                log.warning("could not store response %s: %s", self.rs.id, exc.message)
+
+
+def _framed(events: list[Event]) -> bytes:
+    return b"".join(frame(event) for event in events)
+
+
+def _store() -> ResponseStore:
+    return services().responses
+
+
+@bp.post("/v1/responses")
+def create_response() -> Response:
+    started = time.monotonic()
+    svc = services()
+    settings, metrics, lifecycle = svc.settings, svc.metrics, svc.lifecycle
+    body = parse_responses_request(_payload())
+    background, stored = bool(body.background), body.store is not False
+    if background and not stored:
+        raise InvalidRequest("A background response must be stored (store: true).", param="store")
+    agent = svc.registry.get(body.model)
+    if agent is None:
+        raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
+    agent_request, housekeeping = _agent_request(body.as_chat(), settings, svc.housekeeping)
+    if housekeeping:
+        agent = svc.housekeeping
+    base_url = _base_url()
+    try:
+        if not housekeeping:
+            check_room(svc.store, settings.min_free_bytes)
+        lifecycle.admit()
+    except APIError as exc:
+        metrics.rejected_requests.labels(exc.metric_reason or exc.code or "rejected").inc()
+        metrics.generation_duration.labels(agent.id, "rejected").observe(time.monotonic() - started)
+        raise
+    generation = Generation(
+        svc.bridge,
+        svc.runtime,
+        agent,
+        agent_request,
+        metrics=metrics,
+        lifecycle=lifecycle,
+        started=started,
+        max_seconds=settings.max_generation_seconds,
+        max_content_chars=settings.max_content_chars,
+    )
+    rs = ResponseStream(body)
+    store = _store()
+
+    if background:
+        try:
+            store.create(rs.snapshot())
+            store.append(rs.id, rs.start())
+        except APIError:
+            generation.close("failed")
+            raise
+        lifecycle.background.spawn(drive, generation, rs, store, base_url, svc.links)
+        metrics.responses_background.inc()
+        if body.stream:
+            events = attach(store, rs.id, -1, settings.heartbeat_seconds, metrics)
+            return Response(events, headers=sse.HEADERS)
+        return jsonify(rs.snapshot())
+
+    if not body.stream:
+        try:
+            content, reasoning, result = collect(generation, hang_up_check(request.environ))
+        except ClientGone:
+            return Response(status=499)
+        if reasoning:
+            rs.token("reasoning", reasoning)
+        rs.token("content", content)
+        rs.finish(result.usage, file_link(result, base_url, svc.links))
+        if stored:
+            store.create(rs.snapshot())
+        return jsonify(rs.snapshot())
+
+    first = generation.peek(settings.first_event_wait_seconds)
+    if isinstance(first, Failed):
+        generation.close("failed")
+        raise first.error
+    on_end = None
+    if stored:
+        store.create(rs.snapshot())
+        on_end = lambda ended: store.update(ended.id, ended.snapshot())  # noqa: E731
+    body_iter = stream(
+        generation,
+        ResponsesFraming(rs, base_url, svc.links, on_end),
+        settings.heartbeat_seconds,
+        SocketBody.of(request.environ, settings.send_timeout_seconds),
+    )
+    return Response(body_iter, status=200, headers=sse.HEADERS, direct_passthrough=True)
+
+
+def drive(
+    generation: Generation,
+    rs: ResponseStream,
+    store: ResponseStore,
+    base_url: str,
+    links: LinkSigner | None,
+) -> None:
+    """A background response, to its end: its events into the store, whoever is reading."""
+    metrics, model = generation.metrics, generation.model
+    tokens = {kind: Batched(metrics.streamed_tokens.labels(model, kind)) for kind in ("content", "reasoning")}
+    pending: list[Event] = []
+    outcome = "cancelled"
+    now = time.monotonic()
+    flushed = checked = snapped = now
+    try:
+        while True:
+            event = generation.next(timeout=FLUSH_SECONDS if pending else CANCEL_CHECK_SECONDS)
+            if isinstance(event, Token):
+                tokens[event.kind].add(event.count)
+                pending += rs.token(event.kind, event.text, event.count)
+            elif isinstance(event, Finished):
+                pending += rs.finish(event.result.usage, file_link(event.result, base_url, links))
+                outcome = "completed"
+                break
+            elif isinstance(event, Failed):
+                pending += rs.fail(event.error)
+                outcome = "failed"
+                break
+            now = time.monotonic()
+            if pending and (event is None or now - flushed >= FLUSH_SECONDS):
+                _write(store.append, rs.id, pending)
+                pending, flushed = [], now
+            if now - snapped >= SNAPSHOT_SECONDS:
+                _write(store.update, rs.id, rs.snapshot())
+                snapped = now
+            if now - checked >= CANCEL_CHECK_SECONDS:
+                checked = now
+                if _cancel_requested(store, rs.id):
+                    rs.cancelled()
+                    break
+    except Exception:
+        log.exception("background response %s failed", rs.id)
+        pending += rs.fail(APIError("The response failed."))
+        outcome = "failed"
+    finally:
+        generation.close(outcome)  # cancels the agent and the upstream call if it still runs
+        for counter in tokens.values():
+            counter.flush()
+        if pending:
+            _write(store.append, rs.id, pending)
+        _write(store.update, rs.id, rs.snapshot())
+        metrics.responses_background.dec()
+
+
+def _write(method: Callable[[str, Any], None], rid: str, value: Any) -> None:
+    """A background driver's write: a failing store loses what readers would see, not the generation."""
+    try:
+        method(rid, value)
+    except APIError as exc:
+        log.warning("could not store events of response %s: %s", rid, exc.message)
+
+
+def _cancel_requested(store: ResponseStore, rid: str) -> bool:
+    try:
+        return store.cancel_requested(rid)
+    except APIError:
+        return False
+
+
+def attach(store: ResponseStore, rid: str, after: int, heartbeat: float, metrics: Metrics) -> Iterator[bytes]:
+    """A response's stored events after sequence number `after`, then the new ones as they are written,
+    until the response ends. Leaving changes nothing for the response; a store that fails ends the
+    stream (the client may attach again from the last sequence number it saw)."""
+    metrics.responses_attached.inc()
+    try:
+        yield sse.comment("attached")
+        while True:
+            events = store.events(rid, after, wait=heartbeat)
+            if events is None:
+                return  # deleted, or expired
+            if events:
+                after = events[-1][0]
+                yield _framed(events)
+                if events[-1][1] in TERMINAL_EVENTS:
+                    return
+                continue
+            response = store.get(rid)
+            if response is None:
+                return
+            if response["status"] in TERMINAL_STATUSES:
+                late = store.events(rid, after, wait=0)  # written just before the status
+                if late:
+                    yield _framed(late)
+                return
+            yield sse.comment("keep-alive")
+    except APIError as exc:
+        log.warning("stopped streaming response %s: %s", rid, exc.message)
+    finally:
+        metrics.responses_attached.dec()
+
+
+@bp.get("/v1/responses/<rid>")
+def get_response(rid: str) -> Response:
+    store = _store()
+    response = store.get(rid)
+    if response is None:
+        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    if request.args.get("stream", "false").lower() != "true":
+        return jsonify(response)
+    raw = request.args.get("starting_after")
+    after = -1
+    if raw is not None:
+        if not raw.lstrip("-").isdigit():
+            raise InvalidRequest("starting_after must be an integer.", param="starting_after")
+        after = int(raw)
+        services().metrics.responses_resumed.inc()
+    svc = services()
+    return Response(
+        attach(store, rid, after, svc.settings.heartbeat_seconds, svc.metrics), headers=sse.HEADERS
+    )
+
+
+@bp.post("/v1/responses/<rid>/cancel")
+def cancel_response(rid: str) -> Response:
+    store = _store()
+    response = store.get(rid)
+    if response is None:
+        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    if not response.get("background"):
+        raise InvalidRequest("Only a background response can be cancelled.", param="response_id")
+    if response["status"] in TERMINAL_STATUSES:
+        return jsonify(response)
+    store.request_cancel(rid)
+    deadline = time.monotonic() + 3 * CANCEL_CHECK_SECONDS + 1
+    while time.monotonic() < deadline:  # the driver stops within CANCEL_CHECK_SECONDS
+        gevent.sleep(0.1)
+        latest = store.get(rid)
+        if latest is None or latest["status"] in TERMINAL_STATUSES:
+            return jsonify(latest or {**response, "status": "cancelled"})
+    return jsonify(store.get(rid) or response)
+
+
+@bp.delete("/v1/responses/<rid>")
+def delete_response(rid: str) -> Response:
+    store = _store()
+    response = store.get(rid)
+    if response is None:
+        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    store.delete(rid)  # a running generation sees it as a cancel request and stops
+    return jsonify({"id": rid, "object": "response", "deleted": True})
