@@ -42,7 +42,7 @@ def checked(adapter: TypeAdapter[Any], raw: dict[str, Any]) -> Any:
     try:
         return adapter.validate_json(json.dumps(raw), strict=True)
     except ValidationError as e:
-        print(f"INVALID {raw.get('type', raw.get('object'))}: {e}\n{json.dumps(raw)}", file=sys.stderr)
+        print(f"INVALID {raw.get('type', raw.get('object'))}: {e}\n{json.dumps(raw)[:1000]}", file=sys.stderr)
         sys.exit(2)
 
 
@@ -57,7 +57,7 @@ def event(ev: Any, phase: str) -> dict[str, Any]:
 def known(raw: dict[str, Any]) -> str:
     """The SDK class `raw` validates as; exits 2 if none."""
     if raw.get("type") not in EVENTS:
-        print(f"UNKNOWN event type {raw.get('type')!r}: {json.dumps(raw)}", file=sys.stderr)
+        print(f"UNKNOWN event type {raw.get('type')!r}: {json.dumps(raw)[:1000]}", file=sys.stderr)
         sys.exit(2)
     return type(checked(EVENTS[raw["type"]], raw)).__name__
 

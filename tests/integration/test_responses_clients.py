@@ -49,7 +49,7 @@ def run(args: list[str], stdin: str | None = None, timeout: float = 120) -> list
     if not installed.exists():
         pytest.fail(f"{installed} is missing: run `make install`", pytrace=False)
     done = subprocess.run(args, input=stdin, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
-    assert done.returncode == 0, f"{args[:3]} exited with {done.returncode}:\n{done.stderr[-6000:]}"
+    assert done.returncode == 0, f"{args[:3]} exited with {done.returncode}:\n{done.stderr[-3000:]}"
     return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]
 
 
