@@ -101,7 +101,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             links=links,
             openapi=health.load_openapi(),
             retention=retention,
-            responses=response_store(settings),
+            responses=open_response_store(settings),
         ),
     )
     auth.install(app, authenticator, links)
@@ -112,7 +112,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     return app
 
 
-def response_store(settings: Settings) -> ResponseStore:
+def open_response_store(settings: Settings) -> ResponseStore:
     """Redis when configured (every host reads every response), else a folder this host's workers share."""
     from app.response_store import LocalResponseStore, RedisResponseStore
 
