@@ -20,10 +20,11 @@ import yaml
 from tests.dashboard_queries import DASHBOARD, dashboard_queries, load, panels, substitute
 
 DATASOURCE = {"type": "prometheus", "uid": "prometheus"}
-ROWS = ["Traffic", "Latency", "Errors", "Upstream LLM & files", "Replicas & fleet", "nginx"]
+ROWS = ["Traffic", "Latency", "Errors", "Upstream LLM & files", "Replicas & fleet", "Responses API", "nginx"]
 
 # Metric families as the code declares them (prometheus-client adds the suffixes in the exposition).
 COUNTERS = {
+    "gateway_responses_resumed",
     "gateway_worker_cpu_seconds",
     "gateway_streamed_bytes",
     "gateway_streamed_tokens",
@@ -40,6 +41,8 @@ COUNTERS = {
     "gateway_global_limit_fallbacks",
 }
 GAUGES = {
+    "gateway_responses_background",
+    "gateway_responses_attached",
     "gateway_active_generations",
     "gateway_max_generations",
     "gateway_asyncio_tasks",
