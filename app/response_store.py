@@ -87,6 +87,9 @@ class ResponseStore(Protocol):
     def append(self, rid: str, events: list[Event]) -> None:
         """Events in order of sequence number, in one write (one per relay tick)."""
 
+    def append_many(self, batches: dict[str, list[Event]]) -> None:
+        """`append` for several responses at once: a worker's relay tick, in one round trip to Redis."""
+
     def update(self, rid: str, response: dict[str, Any]) -> None:
         """The response object as it now is (status, output)."""
 
@@ -173,6 +176,10 @@ class LocalResponseStore:
                     raise OSError(errno.ENOSPC, "short write to the events file")
         finally:
             os.close(fd)
+
+    def append_many(self, batches: dict[str, list[Event]]) -> None:
+        for rid, events in batches.items():
+            self.append(rid, events)
 
     def update(self, rid: str, response: dict[str, Any]) -> None:
         if not is_valid_id(rid) or not self._path(rid, ".json").exists():
@@ -399,7 +406,7 @@ class RedisResponseStore:
         if not events or not is_valid_id(rid):
             return
         _check_events(events)
-        key, stream, cancel = self._keys(rid)
+        stream = self._keys(rid)[1]
         now = time.monotonic()
         renew = now - self._renewed.get(rid, -self.renew_every) >= self.renew_every
         # NOTE: if a reply is lost and the retry sends the events again, XADD refuses the ids it already
@@ -412,17 +419,45 @@ class RedisResponseStore:
                 self._redis.execute_command(*xadd, f"{seq}-1", "type", kind, "data", data)
                 return
             pipe = self._redis.pipeline(transaction=False)
-            for seq, kind, data in events:
-                pipe.execute_command(*xadd, f"{seq}-1", "type", kind, "data", data)
-            if renew:
-                for name in (stream, key, cancel):
-                    pipe.pexpire(name, self.ttl_ms)
+            self._queue(pipe, rid, events, renew)
             pipe.execute()
         if renew:
-            self._renewed[rid] = now
-            self._renewed.move_to_end(rid)
-            if len(self._renewed) > CACHE_SIZE:
-                self._renewed.popitem(last=False)
+            self._renewed_now(rid, now)
+
+    def _queue(self, pipe: Any, rid: str, events: list[Event], renew: bool) -> None:
+        key, stream, cancel = self._keys(rid)
+        xadd = ("XADD", stream, "NOMKSTREAM") if rid in self._renewed else ("XADD", stream)
+        for seq, kind, data in events:
+            pipe.execute_command(*xadd, f"{seq}-1", "type", kind, "data", data)
+        if renew:
+            for name in (stream, key, cancel):
+                pipe.pexpire(name, self.ttl_ms)
+
+    def _renewed_now(self, rid: str, now: float) -> None:
+        self._renewed[rid] = now
+        self._renewed.move_to_end(rid)
+        if len(self._renewed) > CACHE_SIZE:
+            self._renewed.popitem(last=False)
+
+    def append_many(self, batches: dict[str, list[Event]]) -> None:
+        batches = {rid: events for rid, events in batches.items() if events and is_valid_id(rid)}
+        if len(batches) <= 1:
+            for rid, events in batches.items():
+                self.append(rid, events)
+            return
+        now = time.monotonic()
+        renewing = []
+        with _unavailable_on(redis.RedisError):
+            pipe = self._redis.pipeline(transaction=False)
+            for rid, events in batches.items():
+                _check_events(events)
+                renew = now - self._renewed.get(rid, -self.renew_every) >= self.renew_every
+                self._queue(pipe, rid, events, renew)
+                if renew:
+                    renewing.append(rid)
+            pipe.execute()
+        for rid in renewing:
+            self._renewed_now(rid, now)
 
     def update(self, rid: str, response: dict[str, Any]) -> None:
         if not is_valid_id(rid):

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import logging
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import gevent.lock
 from flask import Blueprint, Response, jsonify, request
 
 from app.api import sse
@@ -183,6 +185,50 @@ def create_response() -> Response:
     return Response(body_iter, status=200, headers=sse.HEADERS, direct_passthrough=True)
 
 
+class EventWriter:
+    """A worker's background responses' events, written together every FLUSH_SECONDS: one call (with
+    Redis, one round trip) per tick for all of them, however many run. Writes are serialized, so a
+    response's events reach the store in order."""
+
+    def __init__(self, store: ResponseStore) -> None:
+        self.store = store
+        self.pending: dict[str, list[Event]] = {}
+        self._lock = gevent.lock.Semaphore()
+        self._flusher: gevent.Greenlet | None = None
+
+    def add(self, rid: str, events: list[Event]) -> None:
+        self.pending.setdefault(rid, []).extend(events)
+        if self._flusher is None or self._flusher.dead:
+            self._flusher = gevent.spawn(self._run)
+
+    def _run(self) -> None:
+        while self.pending:
+            gevent.sleep(FLUSH_SECONDS)
+            self.flush()
+
+    def flush(self, rid: str | None = None) -> None:
+        """Write what is pending (only `rid`'s, if given), after any write under way."""
+        with self._lock:
+            if rid is None:
+                batch, self.pending = self.pending, {}
+            else:
+                batch = {rid: self.pending.pop(rid, [])}
+            try:
+                self.store.append_many(batch)
+            except APIError as exc:  # readers miss these events; the generations go on
+                log.warning("could not store the events of %d responses: %s", len(batch), exc.message)
+
+
+_writers: weakref.WeakKeyDictionary[Any, EventWriter] = weakref.WeakKeyDictionary()
+
+
+def _writer(store: ResponseStore) -> EventWriter:
+    writer = _writers.get(store)
+    if writer is None:
+        writer = _writers[store] = EventWriter(store)
+    return writer
+
+
 def drive(
     generation: Generation,
     rs: ResponseStream,
@@ -193,13 +239,13 @@ def drive(
     """A background response, to its end: its events into the store, whoever is reading."""
     metrics, model = generation.metrics, generation.model
     tokens = {kind: Batched(metrics.streamed_tokens.labels(model, kind)) for kind in ("content", "reasoning")}
+    writer = _writer(store)
     pending: list[Event] = []
     outcome = "cancelled"
-    now = time.monotonic()
-    flushed = checked = snapped = now
+    checked = snapped = time.monotonic()
     try:
         while True:
-            event = generation.next(timeout=FLUSH_SECONDS if pending else CANCEL_CHECK_SECONDS)
+            event = generation.next(timeout=CANCEL_CHECK_SECONDS)
             if isinstance(event, Token):
                 tokens[event.kind].add(event.count)
                 pending += rs.token(event.kind, event.text, event.count)
@@ -211,10 +257,10 @@ def drive(
                 pending += rs.fail(event.error)
                 outcome = "failed"
                 break
+            if pending:
+                writer.add(rs.id, pending)
+                pending = []
             now = time.monotonic()
-            if pending and (event is None or now - flushed >= FLUSH_SECONDS):
-                _write(store.append, rs.id, pending)
-                pending, flushed = [], now
             if now - snapped >= SNAPSHOT_SECONDS:
                 _write(store.update, rs.id, rs.snapshot())
                 snapped = now
@@ -231,8 +277,8 @@ def drive(
         generation.close(outcome)  # cancels the agent and the upstream call if it still runs
         for counter in tokens.values():
             counter.flush()
-        if pending:
-            _write(store.append, rs.id, pending)
+        writer.add(rs.id, pending)
+        writer.flush(rs.id)  # every event is stored before the final status: readers end on either
         _write(store.update, rs.id, rs.snapshot())
         metrics.responses_background.dec()
 
