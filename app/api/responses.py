@@ -14,6 +14,7 @@ looks at twice a second.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import weakref
 from collections.abc import Callable, Iterator
@@ -52,6 +53,7 @@ bp = Blueprint("responses", __name__)
 FLUSH_SECONDS = 0.05  # a background response's events are written at most this long after they happen
 CANCEL_CHECK_SECONDS = 0.5  # how often a background driver looks for a cancel request
 SNAPSHOT_SECONDS = 1.0  # how often its object (the output so far) is written
+_INTEGER = re.compile(r"-?[0-9]{1,18}")
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 
 
@@ -86,6 +88,12 @@ class ResponsesFraming:
         events = self.rs.fail(error)
         self._ended()
         return [frame(event) for event in events]
+
+    def closed(self, outcome: str) -> None:
+        """The body ended: a stream its client left is stored as cancelled, not as still running."""
+        if outcome == "cancelled" and self.rs.status == "in_progress":
+            self.rs.cancelled()
+            self._ended()
 
     def _ended(self) -> None:
         if self.on_end is not None:
@@ -341,9 +349,12 @@ def get_response(rid: str) -> Response:
     raw = request.args.get("starting_after")
     after = -1
     if raw is not None:
-        if not raw.lstrip("-").isdigit():
+        if not _INTEGER.fullmatch(raw):
             raise InvalidRequest("starting_after must be an integer.", param="starting_after")
         after = int(raw)
+    if not response.get("background"):  # only a background response's events are stored (as OpenAI)
+        raise InvalidRequest("Only a background response can be streamed again.", param="stream")
+    if raw is not None:
         services().metrics.responses_resumed.inc()
     svc = services()
     return Response(

@@ -59,6 +59,9 @@ class ChatFraming:
     def failed(self, error: APIError) -> list[bytes]:
         return [sse.data(error.body())]
 
+    def closed(self, outcome: str) -> None:
+        pass
+
 
 class Framing(Protocol):
     """How one API frames a generation's events (chat here, the Responses API in app.api.responses)."""
@@ -71,6 +74,8 @@ class Framing(Protocol):
     def finished(self, result: AgentResult) -> list[bytes]: ...  # each is written on its own
 
     def failed(self, error: APIError) -> list[bytes]: ...
+
+    def closed(self, outcome: str) -> None: ...  # the body ended: completed, failed or cancelled
 
 
 def _events(
@@ -162,4 +167,5 @@ def stream(
         events.close()
         written.flush()
         generation.close(status[0])
+        framing.closed(status[0])
         metrics.requests.labels(model, "true", "200").inc()

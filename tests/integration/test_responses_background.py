@@ -249,11 +249,6 @@ def test_a_stream_without_background_is_cancelled_when_its_client_leaves(pair):
         leave_stream(client, pair, "Left without background")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a stored stream that its client left keeps status in_progress (responses.py calls on_end only "
-    "from finished/failed), so GET shows it running and an attach waits on it until it expires",
-)
 def test_a_stream_left_by_its_client_is_not_stored_as_running(pair):
     with httpx.Client() as client:
         rid = leave_stream(client, pair, "Left and stored")
@@ -285,11 +280,6 @@ def test_delete_then_not_found_and_bad_ids_and_parameters(pair):
             error_of(client.post(f"{base}/v1/responses/{bad}/cancel"), 404)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="get_response checks starting_after with raw.lstrip('-').isdigit(), which '--1' and '²' pass "
-    "and int() then refuses: a 500 instead of a 400",
-)
 @pytest.mark.parametrize("bad", ["--1", "%C2%B2"])
 def test_starting_after_that_only_looks_like_a_number_is_a_400(pair, bad):
     with httpx.Client(timeout=30) as client:
