@@ -61,4 +61,4 @@ bench-smoke: install
 	$(PY) -m bench.run --smoke
 
 clean:
-	rm -rf $(VENV) .venv-tools var .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-tools $(NODE_CLIENTS)/node_modules var .pytest_cache .mypy_cache .ruff_cache

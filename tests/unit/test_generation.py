@@ -320,7 +320,9 @@ def test_the_socket_writer_sends_what_the_yielding_body_would(make):
     """With a `SocketBody`, the first event is yielded (gunicorn sends it with the head) and every
     later one is written to the socket as a chunk of HTTP/1.1 chunked encoding."""
     yielded = make(reply("p"), reply("one", " two"))
-    expected = events(stream(yielded.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0))
+    expected = events(
+        stream(yielded.start(), ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0)
+    )
 
     h = make(reply("p"), reply("one", " two"))
     ours, theirs = gevent.socket.socketpair()
