@@ -168,7 +168,7 @@ def chat_completions() -> Response:
 @bp.after_app_request
 def count_request(response: Response) -> Response:
     """Count finished completion requests; a stream counts itself when it ends (generation.body)."""
-    if request.endpoint == "completions.chat_completions" and not (
+    if request.endpoint in ("completions.chat_completions", "responses.create_response") and not (
         response.is_streamed and response.status_code == 200
     ):
         model = g.get("metrics_model", OTHER_MODEL)

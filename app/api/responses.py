@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import gevent
 import gevent.lock
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 
 from app.api import sse
 from app.api.completions import _agent_request, _base_url, _payload, check_room
@@ -117,6 +117,7 @@ def create_response() -> Response:
     svc = services()
     settings, metrics, lifecycle = svc.settings, svc.metrics, svc.lifecycle
     body = parse_responses_request(_payload())
+    g.metrics_stream = "true" if body.stream else "false"
     background, stored = bool(body.background), body.store is not False
     if background and not stored:
         raise InvalidRequest("A background response must be stored (store: true).", param="store")
@@ -126,6 +127,7 @@ def create_response() -> Response:
     agent_request, housekeeping = _agent_request(body.as_chat(), settings, svc.housekeeping)
     if housekeeping:
         agent = svc.housekeeping
+    g.metrics_model = agent.id
     base_url = _base_url()
     try:
         if not housekeeping:
@@ -159,6 +161,7 @@ def create_response() -> Response:
         lifecycle.background.spawn(drive, generation, rs, store, base_url, svc.links)
         metrics.responses_background.inc()
         if body.stream:
+            metrics.requests.labels(agent.id, "true", "200").inc()  # a stream of the store's, not a body
             events = attach(store, rs.id, -1, settings.heartbeat_seconds, metrics)
             return Response(events, headers=sse.HEADERS)
         return jsonify(rs.snapshot())
@@ -173,7 +176,10 @@ def create_response() -> Response:
         rs.token("content", content)
         rs.finish(result.usage, file_link(result, base_url, svc.links))
         if stored:
-            store.create(rs.snapshot())
+            try:
+                store.create(rs.snapshot())
+            except APIError as exc:  # the client still gets its response; GET will not find it
+                log.warning("could not store response %s: %s", rs.id, exc.message)
         return jsonify(rs.snapshot())
 
     first = generation.peek(settings.first_event_wait_seconds)
@@ -182,7 +188,11 @@ def create_response() -> Response:
         raise first.error
     on_end = None
     if stored:
-        store.create(rs.snapshot())
+        try:
+            store.create(rs.snapshot())
+        except APIError:
+            generation.close("failed")
+            raise
         on_end = lambda ended: store.update(ended.id, ended.snapshot())  # noqa: E731
     body_iter = stream(
         generation,
