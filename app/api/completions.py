@@ -17,7 +17,7 @@ from app.errors import APIError, InvalidRequest, ModelNotFound, StorageError, Un
 from app.generation.body import ChatFraming, stream
 from app.generation.job import ClientGone, Failed, Generation, collect
 from app.metrics import OTHER_MODEL
-from app.services import services
+from app.services import Services, services
 from app.settings import Settings
 from app.storage import TutorialStore
 from app.transport.socket_body import SocketBody, hang_up_check
@@ -101,13 +101,11 @@ def check_room(store: TutorialStore, margin: int) -> None:
         )
 
 
-@bp.post("/v1/chat/completions")
-def chat_completions() -> Response:
-    started = time.monotonic()
-    svc = services()
+def start_generation(svc: Services, body: ChatCompletionRequest, started: float) -> tuple[Generation, str]:
+    """The generation `body` asks for (its model's agent, or a chat UI's housekeeping), admitted, and the
+    base URL of its links. Everything that refuses it (unknown model, bad input, no room, the limits)
+    does so here, before any work: chat completions and the Responses API alike."""
     settings, metrics, lifecycle = svc.settings, svc.metrics, svc.lifecycle
-    body = parse_request(_payload())
-    g.metrics_stream = "true" if body.stream else "false"
     agent = svc.registry.get(body.model)
     if agent is None:
         raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
@@ -124,8 +122,6 @@ def chat_completions() -> Response:
         metrics.rejected_requests.labels(exc.metric_reason or exc.code or "rejected").inc()
         metrics.generation_duration.labels(agent.id, "rejected").observe(time.monotonic() - started)
         raise
-    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
-    completion = Completion(model=body.model, include_usage=include_usage)
     generation = Generation(
         svc.bridge,
         svc.runtime,
@@ -137,6 +133,19 @@ def chat_completions() -> Response:
         max_seconds=settings.max_generation_seconds,
         max_content_chars=settings.max_content_chars,
     )
+    return generation, base_url
+
+
+@bp.post("/v1/chat/completions")
+def chat_completions() -> Response:
+    started = time.monotonic()
+    svc = services()
+    settings, metrics = svc.settings, svc.metrics
+    body = parse_request(_payload())
+    g.metrics_stream = "true" if body.stream else "false"
+    generation, base_url = start_generation(svc, body, started)
+    include_usage = bool(body.stream and body.stream_options and body.stream_options.include_usage)
+    completion = Completion(model=body.model, include_usage=include_usage)
 
     if not body.stream:
         try:
@@ -147,7 +156,7 @@ def chat_completions() -> Response:
         if link is not None:
             content += link.link_markdown()
         response = jsonify(completion.whole(content, reasoning, result.usage, link))
-        metrics.streamed_bytes.labels(agent.id).inc(response.content_length or 0)
+        metrics.streamed_bytes.labels(generation.model).inc(response.content_length or 0)
         return response
 
     # Wait briefly for the first event so that an immediate upstream failure gets a real status.

@@ -25,7 +25,7 @@ import gevent.lock
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.api import sse
-from app.api.completions import _agent_request, _base_url, _payload, check_room
+from app.api.completions import _payload, start_generation
 from app.api.protocol import file_link
 from app.api.responses_wire import (
     TERMINAL_STATUSES,
@@ -34,7 +34,7 @@ from app.api.responses_wire import (
     frame,
     parse_responses_request,
 )
-from app.errors import APIError, InvalidRequest, ModelNotFound, NotFound
+from app.errors import APIError, InvalidRequest, NotFound
 from app.generation.body import stream
 from app.generation.job import ClientGone, Failed, Finished, Generation, Token, collect
 from app.metrics import Batched, Metrics
@@ -111,6 +111,15 @@ def _store() -> ResponseStore:
     return services().responses
 
 
+def _stored(rid: str) -> tuple[ResponseStore, dict[str, Any]]:
+    """The store, and the response `rid` names; 404 when it is unknown, expired or deleted."""
+    store = _store()
+    response = store.get(rid)
+    if response is None:
+        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    return store, response
+
+
 @bp.post("/v1/responses")
 def create_response() -> Response:
     started = time.monotonic()
@@ -121,33 +130,7 @@ def create_response() -> Response:
     background, stored = bool(body.background), body.store is not False
     if background and not stored:
         raise InvalidRequest("A background response must be stored (store: true).", param="store")
-    agent = svc.registry.get(body.model)
-    if agent is None:
-        raise ModelNotFound(f"The model '{body.model}' does not exist.", param="model")
-    agent_request, housekeeping = _agent_request(body.as_chat(), settings, svc.housekeeping)
-    if housekeeping:
-        agent = svc.housekeeping
-    g.metrics_model = agent.id
-    base_url = _base_url()
-    try:
-        if not housekeeping:
-            check_room(svc.store, settings.min_free_bytes)
-        lifecycle.admit()
-    except APIError as exc:
-        metrics.rejected_requests.labels(exc.metric_reason or exc.code or "rejected").inc()
-        metrics.generation_duration.labels(agent.id, "rejected").observe(time.monotonic() - started)
-        raise
-    generation = Generation(
-        svc.bridge,
-        svc.runtime,
-        agent,
-        agent_request,
-        metrics=metrics,
-        lifecycle=lifecycle,
-        started=started,
-        max_seconds=settings.max_generation_seconds,
-        max_content_chars=settings.max_content_chars,
-    )
+    generation, base_url = start_generation(svc, body.as_chat(), started)
     rs = ResponseStream(body)
     store = _store()
 
@@ -161,7 +144,8 @@ def create_response() -> Response:
         lifecycle.background.spawn(drive, generation, rs, store, base_url, svc.links)
         metrics.responses_background.inc()
         if body.stream:
-            metrics.requests.labels(agent.id, "true", "200").inc()  # a stream of the store's, not a body
+            # Counted now: this stream is the store's, not a generation's body, which counts itself.
+            metrics.requests.labels(generation.model, "true", "200").inc()
             events = attach(store, rs.id, -1, settings.heartbeat_seconds, metrics)
             return Response(events, headers=sse.HEADERS)
         return jsonify(rs.snapshot())
@@ -350,10 +334,7 @@ def attach(store: ResponseStore, rid: str, after: int, heartbeat: float, metrics
 
 @bp.get("/v1/responses/<rid>")
 def get_response(rid: str) -> Response:
-    store = _store()
-    response = store.get(rid)
-    if response is None:
-        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    store, response = _stored(rid)
     if request.args.get("stream", "false").lower() != "true":
         return jsonify(response)
     raw = request.args.get("starting_after")
@@ -374,10 +355,7 @@ def get_response(rid: str) -> Response:
 
 @bp.post("/v1/responses/<rid>/cancel")
 def cancel_response(rid: str) -> Response:
-    store = _store()
-    response = store.get(rid)
-    if response is None:
-        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    store, response = _stored(rid)
     if not response.get("background"):
         raise InvalidRequest("Only a background response can be cancelled.", param="response_id")
     if response["status"] in TERMINAL_STATUSES:
@@ -394,9 +372,6 @@ def cancel_response(rid: str) -> Response:
 
 @bp.delete("/v1/responses/<rid>")
 def delete_response(rid: str) -> Response:
-    store = _store()
-    response = store.get(rid)
-    if response is None:
-        raise NotFound(f"No response with id '{rid}' (it may have expired).", param="response_id")
+    store, _ = _stored(rid)
     store.delete(rid)  # a running generation sees it as a cancel request and stops
     return jsonify({"id": rid, "object": "response", "deleted": True})
