@@ -153,7 +153,8 @@ def register_error_handlers(app: Flask) -> None:
         if status == 404 and request.path.startswith("/v1/"):
             message = (
                 f"Unknown API route {request.method} {request.path}. This server implements OpenAI's Chat "
-                "Completions API: POST /v1/chat/completions (GET /v1/models lists the agents)."
+                "Completions and Responses APIs: POST /v1/chat/completions, POST /v1/responses "
+                "(GET /v1/models lists the agents)."
             )
         api_error = APIError(message, code=code)
         api_error.status, api_error.type = status, type_
