@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
@@ -302,12 +301,3 @@ class ResponseStream:
         if self.file is not None:
             body.update(self.file.fields())  # extension
         return body
-
-
-def delta_framer(stream: ResponseStream) -> Callable[[Kind, str, int], bytes]:
-    """`(kind, text, count)` to the wire bytes of that token's events (the fast path's framing)."""
-
-    def framed(kind: Kind, text: str, count: int) -> bytes:
-        return b"".join(frame(event) for event in stream.token(kind, text, count))
-
-    return framed
