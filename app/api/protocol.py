@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from app.agents.base import Agent, AgentResult
     from app.api.links import LinkSigner
 
+BodyModel = TypeVar("BodyModel", bound=BaseModel)
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 # Content part types OpenAI defines; only text feeds an agent, the others are accepted and skipped.
 _KNOWN_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
@@ -80,10 +81,15 @@ class ChatCompletionRequest(BaseModel):
 
 
 def parse_request(payload: Any) -> ChatCompletionRequest:
+    return validate_body(ChatCompletionRequest, payload)
+
+
+def validate_body(model: type[BodyModel], payload: Any) -> BodyModel:
+    """A request body as `model`, or a 400 naming the field that is wrong (chat and Responses alike)."""
     if not isinstance(payload, dict):
         raise InvalidRequest("The request body must be a JSON object.")
     try:
-        return ChatCompletionRequest.model_validate(payload)
+        return model.model_validate(payload)
     except ValidationError as exc:
         # A union reports one error per branch; the deepest one says what is really wrong.
         error = max(exc.errors(), key=lambda e: len(e["loc"]))

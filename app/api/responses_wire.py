@@ -16,9 +16,9 @@ import time
 from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from app.api.protocol import ChatCompletionRequest, ChatMessage, FileLink, Usage, _is_union_tag
+from app.api.protocol import ChatCompletionRequest, ChatMessage, FileLink, Usage, validate_body
 from app.errors import APIError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -96,14 +96,7 @@ class ResponsesRequest(BaseModel):
 
 
 def parse_responses_request(payload: Any) -> ResponsesRequest:
-    if not isinstance(payload, dict):
-        raise InvalidRequest("The request body must be a JSON object.")
-    try:
-        return ResponsesRequest.model_validate(payload)
-    except ValidationError as exc:
-        error = max(exc.errors(), key=lambda e: len(e["loc"]))
-        param = ".".join(str(part) for part in error["loc"] if not _is_union_tag(part)) or None
-        raise InvalidRequest(f"Invalid value for '{param}': {error['msg']}.", param=param) from None
+    return validate_body(ResponsesRequest, payload)
 
 
 def frame(event: Event) -> bytes:
