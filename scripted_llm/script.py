@@ -19,6 +19,10 @@ Directives (:data:`KNOWN_DIRECTIVES`):
     the tutorial's title and number of sections, the teaching plan's title.
 ``[[section_chars:N]]``
     each tutorial section is at least N characters long (a verbose model).
+``[[hostile:1]]``, ``[[canary:URL]]``
+    the tutorial's title, first section heading and every section carry HTML and links that a client
+    must never run or load (script, event handlers, ``javascript:`` links, remote images, ...); those
+    that would send a request send it to URL (default ``http://canary.invalid``).
 ``[[chunk_chars:N]]``
     the answer's tokens are sent joined into chunks of at least N characters.
 ``[[fault:NAME]]``
@@ -117,7 +121,7 @@ _TOKEN_RE = re.compile(r"\s*\S{1,12}|\s+")
 KNOWN_DIRECTIVES = frozenset(
     {
         "pace", "title", "sections", "fault", "fault_at", "stall", "after", "drip_every", "reasoning",
-        "think_seconds", "section_chars", "chunk_chars",
+        "think_seconds", "section_chars", "chunk_chars", "hostile", "canary",
     }
 )  # fmt: skip
 
@@ -321,8 +325,12 @@ def pieces(plan: Plan) -> tuple[list[tuple[str, str]], int]:
 
 
 def _chunked(tokens: list[str], directives: Mapping[str, str]) -> list[str]:
-    """With ``[[chunk_chars:N]]``, consecutive tokens joined into pieces of at least N characters, as
-    servers that send several tokens per chunk do."""
+    """With ``[[hostile:1]]``, ``[[canary:URL]]``
+        the tutorial's title, first section heading and every section carry HTML and links that a client
+        must never run or load (script, event handlers, ``javascript:`` links, remote images, ...); those
+        that would send a request send it to URL (default ``http://canary.invalid``).
+    ``[[chunk_chars:N]]``, consecutive tokens joined into pieces of at least N characters, as
+        servers that send several tokens per chunk do."""
     size = int(directives.get("chunk_chars", "0") or 0) if directives.get("chunk_chars", "").isdigit() else 0
     if size <= 1:
         return tokens

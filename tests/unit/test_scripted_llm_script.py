@@ -272,3 +272,20 @@ def test_long_sections_in_big_chunks_keep_the_text():
     chunks = script._chunked(tokens, {"chunk_chars": "4096"})
     assert "".join(chunks) == "".join(tokens) and all(len(c) >= 4096 for c in chunks[:-1])
     assert script._chunked(tokens, {}) == tokens
+
+
+def test_hostile_directive_puts_active_html_in_the_title_a_heading_and_every_section() -> None:
+    from scripted_llm.answerers import tutorial
+
+    directives = {"hostile": "1", "canary": "http://127.0.0.1:9/"}
+    outline = json.loads(tutorial.outline_text("MySQL", directives))
+    assert "<script>" in outline["title"]
+    first = next(iter(outline["directory"][0]))
+    assert "onerror=" in first
+    section = tutorial.section_text("MySQL", outline["directory"][1], 0, tutorial.hostile_canary(directives))
+    for needle in ("<script>", "onerror=", "javascript:", "<iframe", "http://127.0.0.1:9/pixel.png"):
+        assert needle in section
+    assert "canary.invalid" not in section  # the trailing slash is dropped, the given canary used
+    assert tutorial.hostile_canary({"hostile": "1"}) == tutorial.DEFAULT_CANARY
+    assert tutorial.hostile_canary({"hostile": "0"}) is None
+    assert "<script>" not in tutorial.section_text("MySQL", outline["directory"][1])
