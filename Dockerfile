@@ -35,6 +35,9 @@ COPY scripted_llm/ ./scripted_llm/
 # The non-root user cannot write __pycache__ under /app, so compile now. Hash-based .pyc files stay
 # valid whatever mtimes COPY gives the sources.
 RUN python -m compileall -q --invalidation-mode checked-hash app scripted_llm gunicorn.conf.py
+# The studio's static files (nginx serves them, not gunicorn): on Kubernetes an init container copies
+# them from this image into nginx's volume (deploy/kubernetes/base); compose mounts ./studio instead.
+COPY studio/ ./studio/
 
 
 FROM python:3.11-slim-bookworm

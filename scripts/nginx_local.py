@@ -18,6 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TEMPLATE = ROOT / "nginx" / "templates" / "gateway.conf.template"
 MAIN_TEMPLATE = ROOT / "nginx" / "local" / "nginx.conf.template"
+STUDIO_DIR = ROOT / "studio"  # the browser page nginx serves at /
 MIME_TYPES = "/etc/nginx/mime.types"  # Debian's nginx package
 _VAR = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)\}")
 
@@ -54,6 +55,7 @@ def prepare(
     tutorials_dir: Path,
     limits: dict[str, str] | None = None,
     resolver: str = DEFAULT_RESOLVER,
+    studio_dir: Path = STUDIO_DIR,
 ) -> Path:
     """Write PREFIX/conf.d/gateway.conf and PREFIX/nginx.conf; returns the main config's path.
     `upstream`: one server's address (`127.0.0.1:8000`, `unix:/path`), or a list of them."""
@@ -66,6 +68,8 @@ def prepare(
         "NGINX_PORT": listen,
         "NGINX_STATUS_PORT": status_listen,
         "TUTORIALS_DIR": str(tutorials_dir.resolve()),
+        # Resolved: nginx serves it with disable_symlinks on, which refuses a symlink anywhere in the path.
+        "STUDIO_DIR": str(studio_dir.resolve()),
         # The app's generation limit (whole seconds), which nginx outwaits for a non-streaming answer.
         "GATEWAY_MAX_GENERATION_SECONDS": str(
             int(float(os.environ.get("GATEWAY_MAX_GENERATION_SECONDS", "900")))
@@ -98,6 +102,7 @@ def main() -> None:
     parser.add_argument("--status-listen", required=True)
     parser.add_argument("--upstream", required=True, action="append", help="repeat for several servers")
     parser.add_argument("--tutorials-dir", type=Path, required=True)
+    parser.add_argument("--studio-dir", type=Path, default=STUDIO_DIR)
     parser.add_argument("--streams-per-client", default=DEFAULT_LIMITS["NGINX_STREAMS_PER_CLIENT"])
     parser.add_argument("--rate-per-client", default=DEFAULT_LIMITS["NGINX_RATE_PER_CLIENT"])
     parser.add_argument("--rate-burst", default=DEFAULT_LIMITS["NGINX_RATE_BURST"])
@@ -115,6 +120,7 @@ def main() -> None:
             upstream=args.upstream[0] if len(args.upstream) == 1 else args.upstream,
             tutorials_dir=args.tutorials_dir,
             limits=limits,
+            studio_dir=args.studio_dir,
         )
     )
 

@@ -72,6 +72,7 @@ PUBLIC=http://127.0.0.1:$NGINX_PORT
 cat <<MSG
 
 MetaGPT Agent Gateway is up.
+  Studio:        $PUBLIC/   (order a tutorial from a browser; files from studio/)
   API (nginx):   $PUBLIC/v1   (model: write_tutorial)
   Downloads:     $PUBLIC/download/<name>   (served by nginx from $GATEWAY_DATA_DIR/tutorials)
   App (direct):  http://$GATEWAY_BIND   (metrics: http://$GATEWAY_BIND/metrics)

@@ -213,6 +213,13 @@ def test_nginx_reaches_the_app_on_its_unix_socket_in_a_shared_volume(
     assert folder in (ROOT / "Dockerfile").read_text()
 
 
+def test_nginx_serves_the_studio_read_only_from_the_repo(services: dict[str, dict[str, Any]]) -> None:
+    nginx = services["nginx"]
+    studio = [(t, ro) for s, t, ro in mounts(nginx) if s == "./studio"]
+    assert studio == [(nginx["environment"]["STUDIO_DIR"], True)]
+    assert (ROOT / "studio" / "index.html").is_file()
+
+
 def test_nginx_defines_every_template_variable(services: dict[str, dict[str, Any]]) -> None:
     # The image's envsubst leaves an undefined ${NAME} in place, and nginx then refuses the config.
     templates = list((ROOT / "nginx" / "templates").glob("*.template"))
@@ -316,6 +323,15 @@ def test_dockerfile_runs_as_a_numeric_non_root_user() -> None:
     match = re.fullmatch(r"(\d+)(?::(\d+))?", users[-1])
     assert match, f"USER {users[-1]} is not numeric"
     assert int(match.group(1)) != 0 and match.group(2) != "0"
+
+
+def test_the_image_carries_the_studio() -> None:
+    # Kubernetes copies it from the image into nginx's volume (deploy/kubernetes/base: /app/studio).
+    steps = instructions()
+    assert ("WORKDIR", "/app") in final_stage() and ("COPY", "--from=builder /app /app") in final_stage()
+    assert ("COPY", "studio/ ./studio/") in steps
+    ignored = {line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert "studio" not in ignored
 
 
 def test_dockerfile_has_a_healthcheck_and_a_json_cmd() -> None:

@@ -1,6 +1,6 @@
 """The Kubernetes manifests (deploy/kubernetes): every overlay rendered with `kubectl kustomize`, validated
 with kubernetes-validate against several Kubernetes versions, then read for what a schema cannot see: the
-drain arithmetic, probes, references between objects, and the app's settings.
+drain arithmetic, probes, references between objects, the app's settings, and where nginx finds the studio.
 
 Each check is a function from a render to a list of problems; a table of mutations proves that each one
 fails on the render it should refuse. kubectl (Kustomize inside) and kubernetes-validate come from
@@ -382,6 +382,25 @@ def nginx_config(r: Render) -> list[str]:
     return problems
 
 
+def studio_files(r: Render) -> list[str]:
+    """nginx reads the studio (STUDIO_DIR) read-only from a volume that a plain init container fills from
+    the app's own image, where the Dockerfile put the files (/app/studio)."""
+    nginx = r.container(NGINX, init=True) or {}
+    folder = r.env(nginx).get("STUDIO_DIR")
+    mount = next((m for m in nginx.get("volumeMounts", []) if m["mountPath"] == folder), None)
+    if mount is None or mount.get("readOnly") is not True:
+        return [f"nginx does not mount its STUDIO_DIR ({folder}) read-only"]
+    fillers = [
+        c
+        for c in r.pod["spec"].get("initContainers", [])
+        if "restartPolicy" not in c
+        and c["image"] == r.app["image"]
+        and "/app/studio/." in c.get("command", [])
+        and any(m["name"] == mount["name"] for m in c.get("volumeMounts", []))
+    ]
+    return [] if fillers else ["no init container copies the image's /app/studio into nginx's STUDIO_DIR"]
+
+
 def locked_down(r: Render) -> list[str]:
     problems = []
     for deployment in r.all("Deployment"):
@@ -419,6 +438,7 @@ CHECKS: dict[str, Callable[[Render], list[str]]] = {
         references,
         app_settings,
         nginx_config,
+        studio_files,
         locked_down,
     )
 }
@@ -556,6 +576,19 @@ def _query_namespace(r: Render) -> None:
     trigger["query"] = trigger["query"].replace("metagpt-gateway", "default")
 
 
+def _drop_init_container(name: str) -> Callable[[Render], None]:
+    def mutate(r: Render) -> None:
+        spec = r.pod["spec"]
+        spec["initContainers"] = [c for c in spec["initContainers"] if c["name"] != name]
+
+    return mutate
+
+
+def _studio_writable(r: Render) -> None:
+    nginx = r.container(NGINX, init=True) or {}
+    next(m for m in nginx["volumeMounts"] if m["name"] == "studio").pop("readOnly")
+
+
 def _nginx_template_var(r: Render) -> None:
     nginx = r.container(NGINX, init=True) or {}
     nginx["env"] = [v for v in nginx["env"] if v["name"] != "NGINX_PORT"]
@@ -591,6 +624,8 @@ MUTATIONS: list[tuple[str, str, Callable[[Render], None]]] = [
     ("references", "a missing Secret", _drop_kind("Secret")),
     ("app_settings", "a misspelt setting", _app_env("GATEWAY_GRACEFULL_TIMEOUT", "120")),
     ("nginx_config", "template variable unset", _nginx_template_var),
+    ("studio_files", "nothing copies the studio", _drop_init_container("studio")),
+    ("studio_files", "nginx may write the studio", _studio_writable),
     ("locked_down", "root filesystem writable", _set("app.securityContext.readOnlyRootFilesystem", False)),
 ]
 
