@@ -10,8 +10,8 @@ export SSL_CERT_FILE ?= /etc/ssl/certs/ca-certificates.crt
 .PHONY: install os-deps tools node-clients run test lint unit integration bench bench-smoke clean
 
 # Everything the stack and the tests need: the locked Python environment, Debian's nginx, Prometheus,
-# the nginx exporter, docker-compose, the Docker engine and mmdebstrap (apt, as root), and the linters
-# for the deploy files, and the Node clients of the Responses API tests.
+# the nginx exporter, docker-compose, the Docker engine, mmdebstrap and Chromium with its driver (apt, as
+# root), and the linters for the deploy files, and the Node clients of the Responses API tests.
 install: $(VENV)/.installed os-deps tools node-clients
 
 os-deps:

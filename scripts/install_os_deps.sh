@@ -9,6 +9,7 @@
 #   iptables, ip (iproute2)    dockerd's networking, and the test's clean-up of what dockerd leaves;
 #                              ip also makes the multi-host tests' network namespaces (tests/fleet)
 #   redis-server               the shared store of the global generation limit, in tests/fleet
+#   chromium, chromedriver     the browser the studio's tests drive through Selenium (tests/browser)
 # Idempotent: when every command is present it exits at once, without touching apt.
 # Services are never started: Debian's postinst scripts would start nginx and prometheus daemons.
 set -euo pipefail
@@ -25,6 +26,8 @@ declare -A PACKAGE_OF=(
   [iptables]=iptables
   [ip]=iproute2
   [redis-server]=redis-server
+  [chromium]=chromium
+  [chromedriver]=chromium-driver
 )
 # The daemons a postinst could start; any that appear during the install are stopped again.
 DAEMONS=(nginx prometheus prometheus-nginx-exporter dockerd containerd redis-server)
