@@ -192,6 +192,19 @@ def test_a_streamed_completion_arrives_incrementally_and_its_link_downloads_the_
     assert stack.exec("nginx", "cat", f"/srv/tutorials/{info['name']}").stdout == tutorial
 
 
+def test_the_studio_page_and_its_files_come_from_the_checkout_with_their_policy(stack):
+    page = httpx.get(f"{stack.url}/", timeout=10)
+    assert page.status_code == 200 and page.text == (ROOT / "studio" / "index.html").read_text()
+    assert page.headers["content-type"].startswith("text/html")
+    assert "script-src 'self'" in page.headers["content-security-policy"]
+    script = httpx.get(f"{stack.url}/studio/js/app.js", timeout=10)
+    assert script.status_code == 200 and script.content == (ROOT / "studio" / "js" / "app.js").read_bytes()
+    assert script.headers["content-type"].startswith("application/javascript")
+    # The models the page lists come through the same nginx.
+    models = httpx.get(f"{stack.url}/v1/models", timeout=10).json()["data"]
+    assert "write_tutorial" in {m["id"] for m in models}
+
+
 def test_the_app_runs_as_10001_with_no_capabilities_and_no_git(stack):
     statuses = stack.exec(
         "app", "sh", "-c", 'for f in /proc/[0-9]*/status; do cat "$f"; echo; done'
