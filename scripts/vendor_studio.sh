@@ -5,7 +5,7 @@
 #   studio/vendor/marked.umd.js          marked, the Markdown parser (UMD build: global `marked`)
 #   studio/vendor/purify.min.js          DOMPurify, the HTML sanitizer (global `DOMPurify`)
 #   studio/vendor/highlight.min.js       highlight.js, common languages (global `hljs`)
-#   studio/vendor/github{,-dark}.min.css highlight.js's GitHub themes, light and dark
+#   studio/vendor/a11y-{light,dark}.min.css highlight.js's a11y themes (WCAG AA contrast), light and dark
 #   tests/browser/vendor/axe.min.js      axe-core, the accessibility checker of the browser tests (never served)
 # and each package's license files into LICENSES/<name>/ beside them. Both vendor folders are made
 # afresh: nothing else belongs in them.
@@ -45,8 +45,8 @@ license() {  # package, destination folder, license files
 copy marked lib/marked.umd.js "$studio"
 copy dompurify dist/purify.min.js "$studio"
 copy @highlightjs/cdn-assets highlight.min.js "$studio"
-copy @highlightjs/cdn-assets styles/github.min.css "$studio"
-copy @highlightjs/cdn-assets styles/github-dark.min.css "$studio"
+copy @highlightjs/cdn-assets styles/a11y-light.min.css "$studio"
+copy @highlightjs/cdn-assets styles/a11y-dark.min.css "$studio"
 license marked "$studio/LICENSES/marked" LICENSE
 # DOMPurify is dual-licensed (MPL-2.0 or Apache-2.0): LICENSE is the Apache text, LICENSE-MPL the other.
 license dompurify "$studio/LICENSES/dompurify" LICENSE LICENSE-MPL

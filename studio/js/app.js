@@ -245,7 +245,7 @@ async function order(event) {
     else lost(current); // the stream ended without its last event: the gateway or a proxy went away
   } catch (error) {
     if (current.controller.signal.aborted) stopped(current);
-    else if (error instanceof GatewayError) failed(current, error);
+    else if (error instanceof GatewayError) failed(current, (current.error = error));
     else lost(current);
   } finally {
     clearInterval(timer);
@@ -253,6 +253,9 @@ async function order(event) {
     tick();
     showTokens(current);
     run = null;
+    if (current.error?.code === "rate_limit_exceeded" && current.error.retryAfter) {
+      holdOrder(current.error.retryAfter);
+    }
   }
 }
 
@@ -266,7 +269,8 @@ function onEvent(current, e) {
     case "response.output_item.added":
       if (e.item.type === "message" && ui.studio.dataset.state !== "writing") {
         setState("writing");
-        if (!current.outline) setStatus("Writing…");
+        setStatus("Writing…");
+        if (current.outline) ui.section.textContent = `0 / ${current.outline.sections.length}`;
       } else if (e.item.type === "reasoning" && current.outline) {
         // More reasoning after the plan: a reasoning model thinking before a section.
         ui.thinking.hidden = false;
@@ -371,8 +375,6 @@ function failed(current, error) {
   if (error.code === "invalid_api_key") {
     ui.keyField.hidden = false;
     ui.key.focus();
-  } else if (error.code === "rate_limit_exceeded" && error.retryAfter) {
-    holdOrder(error.retryAfter);
   }
 }
 

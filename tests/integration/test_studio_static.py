@@ -56,8 +56,8 @@ def test_the_page_is_served_at_the_root_with_its_policy(proxied):
         ("vendor/marked.umd.js", ".js"),
         ("vendor/purify.min.js", ".js"),
         ("vendor/highlight.min.js", ".js"),
-        ("vendor/github.min.css", ".css"),
-        ("vendor/github-dark.min.css", ".css"),
+        ("vendor/a11y-light.min.css", ".css"),
+        ("vendor/a11y-dark.min.css", ".css"),
     ],
 )
 def test_a_file_under_studio_has_its_type_and_the_pages_headers(proxied, path, kind):
