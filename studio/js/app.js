@@ -5,7 +5,8 @@
 // and keeps it for the tab only (sessionStorage). Tutorials ordered here are listed from localStorage.
 
 import { LiveDocument } from "./render.js";
-import { GatewayError, listModels, streamResponse } from "./stream.js";
+import { GatewayError, fileText, listModels, streamResponse } from "./stream.js";
+import { parseOutline } from "./outline.js";
 import { explain } from "./messages.js";
 import { History } from "./history.js";
 
@@ -112,29 +113,6 @@ function formatSeconds(ms) {
 const numbers = new Intl.NumberFormat("en");
 
 // ------------------------------------------------------------------------------------------ outline
-
-/** The plan MetaGPT's WriteDirectory asked for: {"title": ..., "directory": [{section: [subs]}]}. */
-export function parseOutline(text) {
-  const start = Math.max(text.lastIndexOf('{"title"'), 0);
-  const from = text.indexOf("{", start);
-  const to = text.lastIndexOf("}");
-  if (from < 0 || to < from) return null;
-  let value;
-  try {
-    value = JSON.parse(text.slice(from, to + 1));
-  } catch {
-    return null;
-  }
-  if (!value || !Array.isArray(value.directory)) return null;
-  const sections = [];
-  for (const entry of value.directory) {
-    if (!entry || typeof entry !== "object") continue;
-    for (const [name, subs] of Object.entries(entry)) {
-      sections.push({ name: String(name), subs: Array.isArray(subs) ? subs.map(String) : [] });
-    }
-  }
-  return sections.length ? { title: String(value.title ?? ""), sections } : null;
-}
 
 function showOutline(outline) {
   const list = document.createElement("ol");
@@ -330,13 +308,6 @@ function onHeading(current, heading) {
   ui.section.textContent = total ? `${n} / ${total}` : String(n);
   setStatus(total ? `Writing section ${n} of ${total}: ${name}` : `Writing part ${n}: ${name}`);
   if (total) markSections(n);
-}
-
-// The answer's text ends with the download link ("\n\n---\n\n[Download name](url)\n"); the file is
-// everything before it.
-function fileText(text, file) {
-  const link = text.lastIndexOf("\n\n---\n\n[Download ");
-  return file && link >= 0 ? text.slice(0, link) : text;
 }
 
 function completed(current) {

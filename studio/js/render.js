@@ -114,7 +114,8 @@ export class HeadingScanner {
       } else if (fence) {
         this.fence = fence[1];
       } else {
-        const heading = /^ {0,3}(#{1,6})[ \t]+(.*?)[ \t#]*$/.exec(line);
+        // Unindented only: an indented heading may belong to a list item, which a cut would split.
+        const heading = /^(#{1,6})[ \t]+(.*?)[ \t#]*$/.exec(line);
         if (heading) found.push({ offset: this.pos, level: heading[1].length, text: heading[2] });
       }
       this.pos = end + 1;

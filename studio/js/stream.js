@@ -63,6 +63,13 @@ export async function streamResponse({ model, input, language, apiKey, signal, o
   await readEvents(response.body, onEvent);
 }
 
+// The answer's text ends with the download link ("\n\n---\n\n[Download name](url)\n"); the file is
+// everything before it.
+export function fileText(text, file) {
+  const link = text.lastIndexOf("\n\n---\n\n[Download ");
+  return file && link >= 0 ? text.slice(0, link) : text;
+}
+
 /** Server-sent events: each event's JSON data, in order; comments (keep-alives) are skipped. */
 async function readEvents(body, onEvent) {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader();
