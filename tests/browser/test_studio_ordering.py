@@ -118,6 +118,19 @@ def test_a_tutorial_renders_while_it_streams_and_downloads_as_written(studio: St
     assert data == (stack.app.tutorials / name).read_bytes()
     assert snap["status"].startswith("Done"), snap
 
+    # Copy Markdown puts the file's text on the clipboard (read back through the clipboard API).
+    studio.browser.cdp(
+        "Browser.grantPermissions",
+        origin=stack.url,
+        permissions=["clipboardReadWrite", "clipboardSanitizedWrite"],
+    )
+    studio.el("copy").click()
+    studio.until(lambda: studio.el("copy-status").text.strip(), "the copy to be confirmed", timeout=5)
+    copied = studio.driver.execute_async_script(
+        "const done = arguments[0]; navigator.clipboard.readText().then(done, (e) => done(String(e)));"
+    )
+    assert copied.encode() == data, copied[:200]
+
     newest = studio.driver.find_element(By.CSS_SELECTOR, "#history > li:first-child a")
     assert newest.get_attribute("href").split("?")[0].endswith(f"/download/{name}")
     assert newest.text.strip(), "the history entry has no title"
