@@ -177,7 +177,7 @@ function resetView() {
 
 async function order(event) {
   event.preventDefault();
-  if (run) return;
+  if (run || performance.now() < heldUntil) return; // Ctrl+Enter reaches here with Order disabled
   const topic = ui.topic.value.trim();
   if (!topic) {
     showError(new GatewayError("missing_topic", "Enter a topic for the tutorial."));
@@ -362,19 +362,21 @@ function lost(current) {
   setStatus("Cancelled: the connection was lost.");
 }
 
+let heldUntil = 0;
+const ORDER_LABEL = ui.order.textContent;
+
 // After a 429 the Order button waits out Retry-After (the gateway would refuse sooner anyway).
 function holdOrder(seconds) {
-  const until = performance.now() + Math.min(seconds, 120) * 1000;
-  const label = ui.order.textContent;
+  heldUntil = performance.now() + Math.min(seconds, 120) * 1000;
   ui.order.disabled = true;
   const step = () => {
-    const left = Math.ceil((until - performance.now()) / 1000);
-    if (left <= 0 || run) {
-      ui.order.textContent = label;
-      if (!run) ui.order.disabled = false;
+    const left = Math.ceil((heldUntil - performance.now()) / 1000);
+    if (left <= 0) {
+      ui.order.textContent = ORDER_LABEL;
+      ui.order.disabled = false;
       return;
     }
-    ui.order.textContent = `${label} (${left} s)`;
+    ui.order.textContent = `${ORDER_LABEL} (${left} s)`;
     setTimeout(step, 250);
   };
   step();
