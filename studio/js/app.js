@@ -18,6 +18,7 @@ const ui = {
   studio: $("studio"),
   form: $("order-form"),
   topic: $("topic"),
+  topicHint: $("topic-hint"),
   model: $("model"),
   language: $("language"),
   keyField: $("api-key-field"),
@@ -60,6 +61,7 @@ async function loadModels() {
     );
     if (models.some((m) => m.id === current)) ui.model.value = current;
     ui.model.dataset.loaded = "true";
+    describeModel();
   } catch (error) {
     if (error instanceof GatewayError && error.code === "invalid_api_key") {
       ui.keyField.hidden = false; // the gateway wants a key: ask for it
@@ -69,6 +71,13 @@ async function loadModels() {
     }
   }
 }
+
+// The hint under the topic is what the chosen agent does with it (a tutorial's topic, a lesson's text).
+const TOPIC_HINT = ui.topicHint.textContent;
+function describeModel() {
+  ui.topicHint.textContent = ui.model.selectedOptions[0]?.title || TOPIC_HINT;
+}
+ui.model.addEventListener("change", describeModel);
 
 ui.key.value = sessionStorage.getItem(KEY_STORAGE) ?? "";
 ui.key.addEventListener("change", () => {
