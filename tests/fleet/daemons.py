@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -24,6 +25,20 @@ def free_port_on(address: str) -> int:
     with socket.socket() as s:
         s.bind((address, 0))
         return int(s.getsockname()[1])
+
+
+def reserved_port_on(address: str) -> int:
+    """A free port below the kernel's ephemeral range (ip_local_port_range starts at 32768 by default),
+    for a server that binds several ports one after another: an ephemeral port found free can be taken
+    meanwhile as the local port of an outgoing connection (SeaweedFS's own components connect to each
+    other while it starts), and the later bind fails. Below the range only another server can take it."""
+    first = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(200):
+        port = random.randrange(20000, min(first, 32768))
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind((address, port))
+            return port
+    raise RuntimeError(f"no free port on {address} below {first}")
 
 
 def http_ok(url: str) -> Ready:

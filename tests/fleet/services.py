@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 
 from scripts.nginx_local import prepare as prepare_nginx
-from tests.fleet.daemons import Daemon, free_port_on, http_ok
+from tests.fleet.daemons import Daemon, free_port_on, http_ok, reserved_port_on
 from tests.procs import ROOT, nginx_args, prometheus_args, scripted_llm_args
 
 WEED = ROOT / ".venv-tools" / "bin" / "weed"
@@ -50,9 +50,12 @@ class S3:
         if not WEED.exists():
             raise RuntimeError(f"{WEED} is missing: run scripts/install_tools.sh")
         for name in ("master", "volume", "filer", "s3"):
-            # gRPC ports default to http + 10000, invalid above 55535: both chosen here.
+            # gRPC ports default to http + 10000, invalid above 55535: both chosen here, below the
+            # ephemeral range (reserved_port_on says why).
             for flag in (f"{name}.port", f"{name}.port.grpc"):
-                self.ports[flag] = free_port_on(self.address)
+                while (port := reserved_port_on(self.address)) in self.ports.values():
+                    pass
+                self.ports[flag] = port
         (self.folder / "data").mkdir(parents=True)
         (self.folder / "logs").mkdir()
         identities = {
