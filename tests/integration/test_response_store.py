@@ -164,10 +164,11 @@ def test_a_wait_ends_when_an_event_arrives_and_costs_no_cpu_while_idle(make):
     writer, reader = make(), make()
     rid = new_id()
     writer.create(response(rid))
-    cpu, started = time.process_time(), time.monotonic()
+    # The waiting thread's own CPU: the suite's other threads (its servers' log readers) count elsewhere.
+    cpu, started = time.thread_time(), time.monotonic()
     assert reader.events(rid, -1, 0.6) == []
     assert 0.55 < time.monotonic() - started < 1.5
-    assert time.process_time() - cpu < 0.1
+    assert time.thread_time() - cpu < 0.1
     # The writer in a thread: Redis's XREAD blocks this (unpatched) test thread, not a gevent hub.
     timer = threading.Timer(0.3, writer.append, (rid, [delta(0)]))
     timer.start()
