@@ -27,15 +27,31 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+class Admission:
+    """What admitting one generation took: a place in the server's count and, with Redis, a slot of the
+    fleet's. `release` gives both back, once; the generation that holds it calls it when it ends, and
+    whoever admitted it calls it if the generation never starts."""
+
+    __slots__ = ("_lifecycle", "_member", "released")
+
+    def __init__(self, lifecycle: Lifecycle, member: str | None) -> None:
+        self._lifecycle, self._member, self.released = lifecycle, member, False
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        self._lifecycle._release(self._member)
+
+
 class Lifecycle:
     def __init__(
         self, max_generations: int, shared: SharedCounts | None = None, fleet: FleetLimit | None = None
     ) -> None:
         self.max_generations = max_generations  # per worker
         self.active: set[Generation] = set()
+        self.held = 0  # admissions not yet released: this worker's share of the count
         self.fleet = fleet  # the limit across hosts (Redis), when configured
-        self._members: dict[Generation, str] = {}  # each generation's slot in the fleet's set
-        self._admitted: str | None = None  # the slot `admit` took, until `started` binds it
         self.background = gevent.pool.Group()  # the greenlets driving background responses
         self.draining = False
         self.refusing = False  # while draining, whether new work is refused (see drain)
@@ -51,52 +67,41 @@ class Lifecycle:
             return self.max_generations * self._shared.workers
         return self.max_generations
 
-    def admit(self) -> None:
-        """Raise unless a new generation may start now (before any work or byte is sent). Once admitted,
-        a generation counts until `ended`: the caller must go on to create it (which calls `started`)."""
+    def admit(self) -> Admission:
+        """Raise unless a new generation may start now (before any work or byte is sent). What it returns
+        counts until released: on every way out, exceptions included (`app.generation.job.Generation`
+        releases it when it is closed)."""
         if self.refusing:
             raise ShuttingDown("The server is shutting down; retry shortly.", headers={"Retry-After": "1"})
         if self._shared is not None and self._slot is not None:
-            if self._shared.try_acquire(self._slot, self.capacity):
-                self._admit_fleet()
-                return
-        elif len(self.active) < self.max_generations:
-            self._admit_fleet()
-            return
-        raise RateLimited(
-            f"The server is at its limit of {self.capacity} concurrent generations; retry shortly.",
-            headers={"Retry-After": "2"},
-        )
-
-    def _admit_fleet(self) -> None:
-        """After the server's own check: the fleet's, which may refuse (and gives the server's slot back).
-        NOTE: `admit`'s caller creates the generation without yielding, so `started` binds this slot."""
-        if self.fleet is None:
-            return
-        if self._admitted is not None:  # admitted, but its generation never started: give it back
-            self.fleet.release(self._admitted)
-            self._admitted = None
+            admitted = self._shared.try_acquire(self._slot, self.capacity)
+        else:
+            admitted = self.held < self.max_generations
+        if not admitted:
+            raise RateLimited(
+                f"The server is at its limit of {self.capacity} concurrent generations; retry shortly.",
+                headers={"Retry-After": "2"},
+            )
+        self.held += 1
         try:
-            self._admitted = self.fleet.acquire()
-        except Exception:
-            if self._shared is not None and self._slot is not None:
-                self._shared.release(self._slot)
+            member = self.fleet.acquire() if self.fleet is not None else None
+        except BaseException:  # the fleet refused (429), or Redis failed: the server's place goes back
+            self._release(None)
             raise
+        return Admission(self, member)
+
+    def _release(self, member: str | None) -> None:
+        self.held -= 1
+        if self._shared is not None and self._slot is not None:
+            self._shared.release(self._slot)
+        if member is not None and self.fleet is not None:
+            self.fleet.release(member)
 
     def started(self, generation: Generation) -> None:
         self.active.add(generation)
-        if self._admitted is not None:
-            self._members[generation] = self._admitted
-            self._admitted = None
 
     def ended(self, generation: Generation) -> None:
-        if generation in self.active:
-            self.active.remove(generation)
-            if self._shared is not None and self._slot is not None:
-                self._shared.release(self._slot)
-            member = self._members.pop(generation, None)
-            if member is not None and self.fleet is not None:
-                self.fleet.release(member)
+        self.active.discard(generation)
 
     def drain(self, deadline_seconds: float, *, refuse_new: bool = True) -> None:
         """SIGTERM: readiness turns false, and new work is refused unless `refuse_new` is false, which a

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from typing import Any
 
+import orjson
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.agents.base import AgentRequest
@@ -44,13 +44,18 @@ def _base_url() -> str:
 
 
 def _payload() -> Any:
+    """The body's JSON. orjson refuses what could not be written out again: lone surrogates, invalid
+    UTF-8, NaN and infinities, nesting past 1,024; integers past 64 bits become floats."""
     if request.mimetype != "application/json":
         raise UnsupportedMediaType("Content-Type must be application/json.")
-    raw = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH this raises 413
     try:
-        return json.loads(raw)
-    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
-        raise InvalidRequest("The request body is not valid JSON.") from None
+        raw = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH this raises 413
+    except OSError:  # the server could not read it: a bad chunk size, a body cut short
+        raise InvalidRequest("The request body could not be read (malformed chunked encoding?).") from None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
 
 
 # The roles an upstream chat completion accepts without more fields (tool results need their call).
@@ -117,23 +122,47 @@ def start_generation(svc: Services, body: ChatCompletionRequest, started: float)
     try:
         if not housekeeping:  # an agent's run ends in a file: refuse it before any work if it has no room
             check_room(svc.store, settings.min_free_bytes)
-        lifecycle.admit()
+        admission = lifecycle.admit()
     except APIError as exc:
         metrics.rejected_requests.labels(exc.metric_reason or exc.code or "rejected").inc()
         metrics.generation_duration.labels(agent.id, "rejected").observe(time.monotonic() - started)
         raise
-    generation = Generation(
-        svc.bridge,
-        svc.runtime,
-        agent,
-        agent_request,
-        metrics=metrics,
-        lifecycle=lifecycle,
-        started=started,
-        max_seconds=settings.max_generation_seconds,
-        max_content_chars=settings.max_content_chars,
-    )
+    try:
+        generation = Generation(
+            svc.bridge,
+            svc.runtime,
+            agent,
+            agent_request,
+            metrics=metrics,
+            lifecycle=lifecycle,
+            admission=admission,
+            started=started,
+            max_seconds=settings.max_generation_seconds,
+            max_content_chars=settings.max_content_chars,
+        )
+    except BaseException:
+        admission.release()
+        raise
+    g.generation = generation  # the request's until `hand_off`: its end closes it (`_close_unowned`)
     return generation, base_url
+
+
+def hand_off(generation: Generation) -> Generation:
+    """`generation` now belongs to what will end it (a stream's body, a background driver), not to the
+    request: the request's end no longer closes it."""
+    if g.get("generation") is generation:
+        g.pop("generation")
+    return generation
+
+
+@bp.teardown_app_request
+def _close_unowned(exc: BaseException | None) -> None:
+    """The door's other side: a generation its request started and did not hand off ends with the
+    request, whichever way that ends (an error after admission, an exception, an early return), so
+    no admission outlives it."""
+    generation = g.pop("generation", None)
+    if generation is not None:
+        generation.close("failed")
 
 
 @bp.post("/v1/chat/completions")
@@ -162,10 +191,9 @@ def chat_completions() -> Response:
     # Wait briefly for the first event so that an immediate upstream failure gets a real status.
     first = generation.peek(settings.first_event_wait_seconds)
     if isinstance(first, Failed):
-        generation.close("failed")
-        raise first.error
+        raise first.error  # the request's end closes the generation (`_close_unowned`)
     body_iter = stream(
-        generation,
+        hand_off(generation),
         ChatFraming(completion, base_url, svc.links),
         settings.heartbeat_seconds,
         SocketBody.of(request.environ, settings.send_timeout_seconds),

@@ -24,6 +24,9 @@ BodyModel = TypeVar("BodyModel", bound=BaseModel)
 Role = Literal["system", "developer", "user", "assistant", "tool", "function"]
 # Content part types OpenAI defines; only text feeds an agent, the others are accepted and skipped.
 _KNOWN_PART_TYPES = {"text", "image_url", "input_audio", "file", "refusal"}
+# The most tokens a request may ask for: a 32-bit count, as upstream servers parse it (a larger one
+# could not even be written out again past 64 bits).
+MAX_TOKENS = 2**31 - 1
 
 
 class ContentPart(BaseModel):
@@ -64,8 +67,8 @@ class ChatCompletionRequest(BaseModel):
     temperature: float | None = Field(default=None, ge=0, le=2)
     # Honoured by requests passed to the upstream LLM as they are (chat UIs' housekeeping); an agent's
     # calls use GATEWAY_LLM_MAX_TOKENS each.
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     # extension: the language the agent writes in (MetaGPT's own default is Chinese).
     language: StrictStr | None = Field(default=None, min_length=1, max_length=64)
 

@@ -25,7 +25,7 @@ import gevent.lock
 from flask import Blueprint, Response, g, jsonify, request
 
 from app.api import sse
-from app.api.completions import _payload, start_generation
+from app.api.completions import _payload, hand_off, start_generation
 from app.api.protocol import file_link
 from app.api.responses_wire import (
     TERMINAL_STATUSES,
@@ -34,7 +34,7 @@ from app.api.responses_wire import (
     frame,
     parse_responses_request,
 )
-from app.errors import APIError, InvalidRequest, NotFound
+from app.errors import AgentError, APIError, InvalidRequest, NotFound
 from app.generation.body import stream
 from app.generation.job import ClientGone, Failed, Finished, Generation, Token, collect
 from app.metrics import Batched, Metrics
@@ -135,13 +135,9 @@ def create_response() -> Response:
     store = _store()
 
     if background:
-        try:
-            store.create(rs.snapshot())
-            store.append(rs.id, rs.start())
-        except APIError:
-            generation.close("failed")
-            raise
-        lifecycle.background.spawn(drive, generation, rs, store, base_url, svc.links)
+        store.create(rs.snapshot())
+        store.append(rs.id, rs.start())
+        lifecycle.background.spawn(drive, hand_off(generation), rs, store, base_url, svc.links)
         metrics.responses_background.inc()
         if body.stream:
             # Counted now: this stream is the store's, not a generation's body, which counts itself.
@@ -168,18 +164,13 @@ def create_response() -> Response:
 
     first = generation.peek(settings.first_event_wait_seconds)
     if isinstance(first, Failed):
-        generation.close("failed")
-        raise first.error
+        raise first.error  # the request's end closes the generation (`_close_unowned`)
     on_end = None
     if stored:
-        try:
-            store.create(rs.snapshot())
-        except APIError:
-            generation.close("failed")
-            raise
+        store.create(rs.snapshot())
         on_end = lambda ended: store.update(ended.id, ended.snapshot())  # noqa: E731
     body_iter = stream(
-        generation,
+        hand_off(generation),
         ResponsesFraming(rs, base_url, svc.links, on_end),
         settings.heartbeat_seconds,
         SocketBody.of(request.environ, settings.send_timeout_seconds),
@@ -273,7 +264,7 @@ def drive(
                     break
     except Exception:
         log.exception("background response %s failed", rs.id)
-        pending += rs.fail(APIError("The response failed."))
+        pending += rs.fail(AgentError("The response failed."))
         outcome = "failed"
     finally:
         generation.close(outcome)  # cancels the agent and the upstream call if it still runs

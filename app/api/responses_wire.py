@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
-from app.api.protocol import ChatCompletionRequest, ChatMessage, FileLink, Usage, validate_body
+from app.api.protocol import MAX_TOKENS, ChatCompletionRequest, ChatMessage, FileLink, Usage, validate_body
 from app.errors import APIError, InvalidRequest
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class ResponsesRequest(BaseModel):
     instructions: StrictStr | None = None
     metadata: dict[StrictStr, StrictStr] | None = Field(default=None, max_length=16)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_output_tokens: int | None = Field(default=None, ge=1)
+    max_output_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKENS)
     # extension: the language the agent writes in, as for chat.
     language: StrictStr | None = Field(default=None, min_length=1, max_length=64)
 
@@ -239,7 +239,7 @@ class ResponseStream:
             "message": error.message,
         }
         return [
-            self._event("error", code=error.code, message=error.message, param=error.param),
+            self._event("error", code=error.code or error.type, message=error.message, param=error.param),
             self._event("response.failed", response=self.snapshot()),
         ]
 

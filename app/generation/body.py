@@ -123,9 +123,32 @@ def _events(
             counter.flush()
 
 
+class Body:
+    """A stream's response iterable. The server iterates its events; `close`, which a WSGI server calls
+    on every way out (PEP 3333), even before the first event, ends the generation if the events never
+    ran (their own `finally` ends it otherwise)."""
+
+    __slots__ = ("_end", "events")
+
+    def __init__(self, events: Generator[bytes, None, None], end: Callable[[str], None]) -> None:
+        self.events, self._end = events, end
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self.events  # the server iterates the generator itself: nothing in between per event
+
+    def __next__(self) -> bytes:
+        return next(self.events)
+
+    def close(self) -> None:
+        try:
+            self.events.close()
+        finally:
+            self._end("cancelled")
+
+
 def stream(
     generation: Generation, framing: Framing, heartbeat: float, body: SocketBody | None = None
-) -> Iterator[bytes]:
+) -> Body:
     """The SSE body. Headers are already decided; from here an error is an event, then [DONE].
 
     With `body` (gunicorn), the first event is yielded (gunicorn sends it with the head) and every
@@ -134,6 +157,27 @@ def stream(
     next event (the previous write succeeded). A failed write ends the body: `OSError` from a
     direct write, `GeneratorExit` when gunicorn's own write failed.
     """
+    metrics, model = generation.metrics, generation.model
+    ended = False
+
+    def end(outcome: str) -> None:
+        nonlocal ended
+        if not ended:
+            ended = True
+            generation.close(outcome)
+            framing.closed(outcome)
+            metrics.requests.labels(model, "true", "200").inc()
+
+    return Body(_written(generation, framing, heartbeat, body, end), end)
+
+
+def _written(
+    generation: Generation,
+    framing: Framing,
+    heartbeat: float,
+    body: SocketBody | None,
+    end: Callable[[str], None],
+) -> Generator[bytes, None, None]:
     metrics, model = generation.metrics, generation.model
     status = ["cancelled"]
     written = Batched(metrics.streamed_bytes.labels(model))
@@ -166,6 +210,4 @@ def stream(
     finally:
         events.close()
         written.flush()
-        generation.close(status[0])
-        framing.closed(status[0])
-        metrics.requests.labels(model, "true", "200").inc()
+        end(status[0])

@@ -26,7 +26,7 @@ import gevent.queue
 from app.agents.base import Agent, AgentRequest, AgentResult, Kind, Sink
 from app.errors import AgentError, APIError, GenerationTimeout, UpstreamError
 from app.generation.call import Call
-from app.lifecycle import Lifecycle
+from app.lifecycle import Admission, Lifecycle
 from app.metrics import Metrics
 from app.runtime.bridge import AsyncioBridge
 
@@ -76,6 +76,7 @@ class Generation:
         *,
         metrics: Metrics,
         lifecycle: Lifecycle,
+        admission: Admission,
         started: float,
         max_seconds: float,
         max_content_chars: int = 4 << 20,
@@ -83,6 +84,7 @@ class Generation:
         self.model = agent.id
         self.metrics = metrics
         self.lifecycle = lifecycle
+        self.admission = admission  # given back by `close`
         self.started = started  # time.monotonic() when the request arrived
         self.max_seconds = max_seconds
         # NOTE: the queue is filled by the asyncio loop's greenlet and read by the request's greenlet;
@@ -101,7 +103,11 @@ class Generation:
         )
         self._sink = sink
         lifecycle.started(self)
-        self._future = bridge.submit(self._job(agent, request, sink, runtime))
+        try:
+            self._future = bridge.submit(self._job(agent, request, sink, runtime))
+        except BaseException:
+            lifecycle.ended(self)
+            raise
 
     async def _job(self, agent: Agent, request: AgentRequest, sink: Sink, runtime: Runtime) -> None:
         active = self.metrics.active_generations.labels(self.model)
@@ -266,6 +272,7 @@ class Generation:
         if not self._closed:
             self._closed = True
             self.lifecycle.ended(self)
+            self.admission.release()
             elapsed = time.monotonic() - self.started
             self.metrics.generation_duration.labels(self.model, outcome).observe(elapsed)
 

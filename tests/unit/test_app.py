@@ -78,13 +78,17 @@ def test_draining_turns_readiness_off_and_refuses_new_work(settings):
 def test_admission_limit_answers_429_before_any_work(settings):
     app = create_app(settings)
     lifecycle = services(app).lifecycle
-    lifecycle.active.update(object() for _ in range(lifecycle.max_generations))
+    held = [lifecycle.admit() for _ in range(lifecycle.max_generations)]
     r = app.test_client().post(
         "/v1/chat/completions",
         json={"model": "write_tutorial", "messages": [{"role": "user", "content": "x"}]},
     )
     assert r.status_code == 429 and r.json["error"]["type"] == "rate_limit_error"
     assert r.headers["Retry-After"]
+    for admission in held:
+        admission.release()
+        admission.release()  # once only
+    assert lifecycle.held == 0
 
 
 def test_metagpt_actions_are_built_without_rereading_the_config(settings, monkeypatch):

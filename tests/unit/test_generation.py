@@ -143,6 +143,7 @@ class Harness:
             AgentRequest(topic=topic, language="English"),
             metrics=self.metrics,
             lifecycle=self.lifecycle,
+            admission=self.lifecycle.admit(),
             started=time.monotonic(),
             max_seconds=self.max_seconds,
             max_content_chars=self.max_content_chars,
@@ -236,7 +237,7 @@ def test_a_stream_relays_every_token_in_order_then_the_file_the_usage_and_done(m
     assert h.value("gateway_streamed_tokens_total", model="notes", kind="content") == 3  # and the title
     assert h.value("gateway_generation_duration_seconds_count", model="notes", outcome="completed") == 1
     assert h.value("gateway_tutorials_written_total", model="notes") == 1
-    assert not h.lifecycle.active and h.settle_tasks() == 0
+    assert not h.lifecycle.active and h.lifecycle.held == 0 and h.settle_tasks() == 0
 
 
 def test_non_streaming_collects_the_same_text_and_result(make):
@@ -269,7 +270,21 @@ def test_a_client_that_leaves_cancels_the_agent_and_closes_the_upstream_reply(ma
     assert h.files() == []
     assert h.value("gateway_generation_duration_seconds_count", model="notes", outcome="cancelled") == 1
     assert h.value("gateway_client_disconnects_total", model="notes") == 1
-    assert not h.lifecycle.active
+    assert not h.lifecycle.active and h.lifecycle.held == 0
+
+
+def test_a_stream_the_server_closes_before_its_first_event_still_ends_the_generation(make):
+    slow = ScriptedReply([Read("a", 1), 30.0, Read("never", 1)])
+    h = make(slow)
+    generation = h.start()
+    assert h.lifecycle.held == 1
+    body = stream(generation, ChatFraming(Completion(model="notes"), BASE_URL, None), heartbeat=5.0)
+    body.close()  # a WSGI server closes the iterable on every way out, iterated or not
+    assert h.lifecycle.held == 0 and not h.lifecycle.active
+    assert h.settle_tasks() == 0
+    assert h.value("gateway_generation_duration_seconds_count", model="notes", outcome="cancelled") == 1
+    body.close()  # once only
+    assert h.lifecycle.held == 0
 
 
 def test_an_upstream_failure_mid_stream_is_an_error_event_and_nothing_is_published(make):
