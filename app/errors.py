@@ -69,6 +69,14 @@ class RateLimited(APIError):
     code = "rate_limit_exceeded"
 
 
+class ClientClosedRequest(APIError):
+    """The client hung up before its whole answer was ready (nginx's 499): logged, never read."""
+
+    status = 499
+    type = "invalid_request_error"
+    code = "client_closed_request"
+
+
 class ShuttingDown(APIError):
     """Refused before any work started, so retrying elsewhere is safe."""
 

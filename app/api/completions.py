@@ -8,14 +8,21 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Response, g, jsonify, request
+from gunicorn.http.errors import ParseException
 
 from app.agents.base import AgentRequest
 from app.agents.housekeeping import Housekeeping
 from app.api import sse
 from app.api.protocol import ChatCompletionRequest, Completion, file_link, parse_request
-from app.errors import APIError, InvalidRequest, ModelNotFound, StorageError, UnsupportedMediaType
+from app.errors import (
+    APIError,
+    InvalidRequest,
+    ModelNotFound,
+    StorageError,
+    UnsupportedMediaType,
+)
 from app.generation.body import ChatFraming, stream
-from app.generation.job import ClientGone, Failed, Generation, collect
+from app.generation.job import Failed, Generation, collect
 from app.metrics import OTHER_MODEL
 from app.services import Services, services
 from app.settings import Settings
@@ -50,8 +57,8 @@ def _payload() -> Any:
         raise UnsupportedMediaType("Content-Type must be application/json.")
     try:
         raw = request.get_data(cache=False)  # past MAX_CONTENT_LENGTH this raises 413
-    except OSError:  # the server could not read it: a bad chunk size, a body cut short
-        raise InvalidRequest("The request body could not be read (malformed chunked encoding?).") from None
+    except (ParseException, OSError):  # gunicorn could not read it: a bad chunk, a body cut short
+        raise InvalidRequest("The request body could not be read: its framing is malformed.") from None
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -177,10 +184,7 @@ def chat_completions() -> Response:
     completion = Completion(model=body.model, include_usage=include_usage)
 
     if not body.stream:
-        try:
-            content, reasoning, result = collect(generation, hang_up_check(request.environ))
-        except ClientGone:
-            return Response(status=499)  # nginx's "client closed request": nobody reads it
+        content, reasoning, result = collect(generation, hang_up_check(request.environ))
         link = file_link(result, base_url, svc.links)
         if link is not None:
             content += link.link_markdown()

@@ -36,7 +36,7 @@ from app.api.responses_wire import (
 )
 from app.errors import AgentError, APIError, InvalidRequest, NotFound
 from app.generation.body import stream
-from app.generation.job import ClientGone, Failed, Finished, Generation, Token, collect
+from app.generation.job import Failed, Finished, Generation, Token, collect
 from app.metrics import Batched, Metrics
 from app.services import services
 from app.transport.socket_body import SocketBody, hang_up_check
@@ -147,10 +147,7 @@ def create_response() -> Response:
         return jsonify(rs.snapshot())
 
     if not body.stream:
-        try:
-            content, reasoning, result = collect(generation, hang_up_check(request.environ))
-        except ClientGone:
-            return Response(status=499)
+        content, reasoning, result = collect(generation, hang_up_check(request.environ))
         if reasoning:
             rs.token("reasoning", reasoning)
         rs.token("content", content)

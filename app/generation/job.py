@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import gevent.queue
 
 from app.agents.base import Agent, AgentRequest, AgentResult, Kind, Sink
-from app.errors import AgentError, APIError, GenerationTimeout, UpstreamError
+from app.errors import AgentError, APIError, ClientClosedRequest, GenerationTimeout, UpstreamError
 from app.generation.call import Call
 from app.lifecycle import Admission, Lifecycle
 from app.metrics import Metrics
@@ -277,10 +277,6 @@ class Generation:
             self.metrics.generation_duration.labels(self.model, outcome).observe(elapsed)
 
 
-class ClientGone(Exception):
-    """The client of a non-streaming request hung up: its generation was cancelled."""
-
-
 # How often a non-streaming request looks at its client's connection: it is cancelled within this.
 CLIENT_CHECK_SECONDS = 1.0
 
@@ -288,7 +284,7 @@ CLIENT_CHECK_SECONDS = 1.0
 def collect(generation: Generation, gone: Callable[[], bool] | None = None) -> tuple[str, str, AgentResult]:
     """Run to the end (non-streaming): the whole content, the whole reasoning, and the result. With
     `gone`, the client's connection is looked at every `CLIENT_CHECK_SECONDS`: once it has hung up,
-    the generation is cancelled like an abandoned stream and `ClientGone` is raised."""
+    the generation is cancelled like an abandoned stream and `ClientClosedRequest` (499) is raised."""
     parts: dict[Kind, list[str]] = {"content": [], "reasoning": []}
     tokens = generation.metrics.streamed_tokens
     outcome = "cancelled"
@@ -301,7 +297,7 @@ def collect(generation: Generation, gone: Callable[[], bool] | None = None) -> t
                 checked = time.monotonic()
                 if gone():
                     generation.metrics.client_disconnects.labels(generation.model).inc()
-                    raise ClientGone
+                    raise ClientClosedRequest("The client closed the connection before the answer was ready.")
             if isinstance(event, Token):
                 parts[event.kind].append(event.text)
                 tokens.labels(generation.model, event.kind).inc(event.count)
