@@ -139,4 +139,6 @@ def test_a_request_that_fails_after_admission_gives_it_back(gateway, path, body,
             assert httpx.Response(code, content=raw).json()["error"]["code"].startswith("upstream_")
         else:
             assert code == 200 and expect in raw, raw[-500:]
+        if body.get("background"):  # it runs on after its request: let it end first
+            assert settle(gateway.app.url, "gateway_responses_background", 0, timeout=30) == 0
     released(gateway)
