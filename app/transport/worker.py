@@ -1,6 +1,7 @@
 """The gateway's gunicorn worker: gunicorn's gevent worker, with its error pages in the API's error format,
 the socket-body flag for streams, a stop that drains the app and closes idle keep-alive connections at
-once, and the app's long-lived objects frozen out of the garbage collector.
+once, the open-files limit its connections need, and the app's long-lived objects frozen out of the
+garbage collector.
 
 gunicorn's gevent worker, told to stop (SIGTERM: `docker stop`, a reload's old workers), stops accepting
 within a second, then waits for every connection it holds, including those idle between two requests:
@@ -12,13 +13,18 @@ received; nginx sees the close and drops the connection from its cache.
 
 from __future__ import annotations
 
+import _thread
 import collections
 import contextlib
 import fcntl
 import gc
 import json
+import logging
+import resource
+import signal
 import socket
 import struct
+import sys
 import termios
 import weakref
 from collections.abc import Iterator
@@ -28,6 +34,7 @@ import gevent
 from flask import Flask
 from gevent.server import StreamServer
 from gunicorn import util
+from gunicorn.arbiter import Arbiter
 from gunicorn.workers import ggevent
 from gunicorn.workers.ggevent import GeventWorker
 
@@ -69,6 +76,45 @@ ggevent.StreamServer = _Listener
 DRAIN_MARGIN = 5
 
 
+# Descriptors a worker holds besides its client and upstream connections: listening sockets, logs,
+# the heartbeat and metrics files, epolls, pipes, the files being written.
+DESCRIPTOR_MARGIN = 256
+
+
+def descriptors_needed(connections: int, listeners: int, generations: int) -> int:
+    """The open files a worker may need: `connections` for each listener (gunicorn's pool per listener),
+    an upstream connection for each generation the server admits (any worker may get them all; its
+    pool of idle ones never holds more than were in use at once), and `DESCRIPTOR_MARGIN`."""
+    return connections * listeners + generations + DESCRIPTOR_MARGIN
+
+
+def raise_descriptor_limit(needed: int) -> tuple[int, int]:
+    """This process's soft RLIMIT_NOFILE raised to `needed` if below it (never lowered): (before, after).
+    ValueError when the hard limit is lower: only CAP_SYS_RESOURCE could raise that."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= needed:
+        return soft, soft
+    if hard != resource.RLIM_INFINITY and hard < needed:
+        raise ValueError(f"the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+    return soft, needed
+
+
+def _native_logging_locks() -> None:
+    """Give logging back locks of the OS thread's, once the worker has stopped serving.
+
+    gevent's patching gives logging's module lock and its handlers' locks gevent's thread identity,
+    whose module is cleared early when the interpreter exits; a handler only a module still holds
+    (Flask's `default_handler`) is freed later, and its weakref callback (`_removeHandlerRef`) took the
+    lock: `Exception ignored ... TypeError: 'NoneType' object is not callable` at every worker's exit.
+    """
+    logging._lock = _thread.RLock()  # type: ignore[attr-defined]
+    for ref in list(logging._handlerList):  # type: ignore[attr-defined]
+        handler = ref()
+        if handler is not None and handler.lock is not None:
+            handler.lock = _thread.RLock()
+
+
 def _unread_bytes(sock: socket.socket) -> int:
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0])
 
@@ -94,6 +140,12 @@ class GatewayWorker(GeventWorker):
             services(self.wsgi).lifecycle.background.join(timeout=self.cfg.graceful_timeout)
 
     def init_process(self) -> None:
+        # NOTE: until gunicorn installs the worker's signal handlers (after gevent's patching, which
+        # takes a while), the forked worker runs the master's, which queue a SIGTERM for a master loop
+        # that is not running here: a stop right after a start went unseen, and the master killed the
+        # worker at its graceful timeout. Until then a stop ends the worker as soon as it has started.
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+            signal.signal(sig, self._stop_before_serving)
         util.write_error = _write_json_error  # gunicorn builds status and message; only the body changes
         self._clients: dict[gevent.Greenlet, socket.socket] = {}  # each handler's connection
         # Handlers waiting for their connection's next request, longest waiting first (dict order).
@@ -101,10 +153,17 @@ class GatewayWorker(GeventWorker):
         self._fresh: set[gevent.Greenlet] = set()  # handlers whose connection has sent no request yet
         self._listener_of: dict[gevent.Greenlet, int] = {}  # each handler's listening socket (fd)
         self._open: collections.Counter[int] = collections.Counter()  # handlers per listening socket
-        super().init_process()
+        try:
+            super().init_process()  # serves until the worker stops
+        finally:
+            _native_logging_locks()
+
+    def _stop_before_serving(self, sig: int, frame: Any) -> None:
+        self.alive = False
 
     def load_wsgi(self) -> None:
-        """Start the files' retention (one worker of the server leads it), and tell the app it may
+        """Raise the open-files limit to what the settings need (or refuse to start), start the files'
+        retention (one worker of the server leads it), and tell the app it may
         write a streaming body's later events to the socket itself (`app.transport.socket_body`):
         true when gunicorn speaks HTTP on it (not uwsgi). Then freeze
         what the app (MetaGPT included) leaves in memory: hundreds of thousands of long-lived objects,
@@ -112,10 +171,13 @@ class GatewayWorker(GeventWorker):
         benchmark as simultaneous gaps)."""
         super().load_wsgi()
         gc.freeze()
-        if isinstance(self.wsgi, Flask) and "gateway" in self.wsgi.extensions:
+        if not isinstance(self.wsgi, Flask) or "gateway" not in self.wsgi.extensions:
+            self._fit_descriptor_limit(0)  # another WSGI app (gunicorn's own tests of this worker)
+        else:
             from app.services import services
 
             app_services = services(self.wsgi)
+            self._fit_descriptor_limit(self.cfg.workers * app_services.settings.max_generations_per_worker)
             app_services.metrics.count_cpu()
             if app_services.retention is not None:  # the folder's: one worker of the server sweeps it
                 app_services.retention.start()
@@ -131,6 +193,32 @@ class GatewayWorker(GeventWorker):
             return app(environ, start_response)
 
         self.wsgi.wsgi_app = wsgi_app
+
+    def _fit_descriptor_limit(self, generations: int) -> None:
+        """Raise the open-files limit to what the settings need, or refuse to start (gunicorn's "worker
+        failed to boot": the master stops). Running short fails later and elsewhere: once a client's
+        idle connections take the descriptors, accept() and the upstream connections of other clients'
+        generations fail with EMFILE."""
+        listeners = len(self.sockets)
+        needed = descriptors_needed(self.worker_connections, listeners, generations)
+        try:
+            before, after = raise_descriptor_limit(needed)
+        except (ValueError, OSError) as exc:
+            self.log.error(
+                "open files: a worker needs %d = GATEWAY_WORKER_CONNECTIONS %d x %d listeners + %d upstream "
+                "connections (GATEWAY_WORKERS x GATEWAY_MAX_GENERATIONS_PER_WORKER) + %d; RLIMIT_NOFILE "
+                "cannot be raised to it (%s): raise the hard limit (ulimit -Hn; compose `ulimits: nofile`; "
+                "systemd LimitNOFILE) or lower GATEWAY_WORKER_CONNECTIONS. Not starting.",
+                needed,
+                self.worker_connections,
+                listeners,
+                generations,
+                DESCRIPTOR_MARGIN,
+                exc,
+            )
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        if after != before:
+            self.log.info("open files: RLIMIT_NOFILE raised from %d to %d", before, after)
 
     def handle(self, listener: Any, client: socket.socket, addr: Any) -> None:
         me = gevent.getcurrent()
@@ -181,12 +269,16 @@ class GatewayWorker(GeventWorker):
         gevent.spawn(self.close_idle_connections)
 
     def _drain_app(self) -> None:
-        if not isinstance(self.wsgi, Flask) or "gateway" not in self.wsgi.extensions:
-            return  # another WSGI app (gunicorn's own tests of this worker)
+        # NOTE: a SIGTERM can arrive while the app is still being imported (a stop right after a start):
+        # then there is no `wsgi` yet, and an AttributeError raised here would surface in the import as
+        # "Exception in worker process" and halt the master with "Worker failed to boot".
+        app = getattr(self, "wsgi", None)
+        if not isinstance(app, Flask) or "gateway" not in app.extensions:
+            return  # not loaded yet, or another WSGI app (gunicorn's own tests of this worker)
         from app.services import services
 
         deadline = max(self.cfg.graceful_timeout - DRAIN_MARGIN, 1)
-        services(self.wsgi).lifecycle.drain(deadline, refuse_new=False)
+        services(app).lifecycle.drain(deadline, refuse_new=False)
 
     def close_idle_connections(self) -> None:
         """Stop accepting, and close each connection waiting for a request of which nothing has arrived.
@@ -201,6 +293,9 @@ class GatewayWorker(GeventWorker):
         if client is None or _unread_bytes(client) != 0:
             return False
         self._idle.pop(handler, None)
+        # NOTE: the stdlib socket's shutdown, not gevent's: gevent's first throws `cancel_wait_ex`
+        # (EBADF, "closed in another greenlet") into the reader, which gunicorn logs as "Socket error
+        # processing request" with its traceback. The kernel's EOF wakes the handler, which ends quietly.
         with contextlib.suppress(OSError):
-            client.shutdown(socket.SHUT_RDWR)  # the handler reads EOF and ends quietly
+            getattr(client, "_sock", client).shutdown(socket.SHUT_RDWR)
         return True

@@ -10,16 +10,16 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
+from gevent import monkey
 
 from app.upstream.poller import ReadinessPoller
 from app.upstream.stream import UpstreamStream
 
 _MAX_IDLE_CONNECTIONS = 512
-
-
-def _readable(sock: Any) -> bool:
-    """Whether a socket has bytes (or an end) waiting, without waiting."""
-    return bool(select.select([sock.fileno()], [], [], 0)[0])
+# NOTE: never select(): it refuses descriptors past 1,024 (FD_SETSIZE), which a worker holding its
+# clients' keep-alive connections passes. gevent's own select() calls the stdlib's first, and its
+# poll() starts a watcher per call; the stdlib's poll() has no such limit and costs one syscall.
+_NativePoll = monkey.get_original("select", "poll")
 
 
 class _Connection:
@@ -82,6 +82,7 @@ class UpstreamClient:
         self._connect_timeout = connect_timeout
         self.retries = retries
         self._idle: list[_Connection] = []
+        self._probe = _NativePoll()  # one descriptor at a time: whether an idle connection is readable
 
     def connect(self) -> _Connection:
         """An idle keep-alive connection if there is one, else a new one (raises OSError). An idle
@@ -89,7 +90,7 @@ class UpstreamClient:
         response that would be read as the next one's."""
         while self._idle:
             conn = self._idle.pop()
-            if not _readable(conn.sock):
+            if not self._readable(conn.fd):
                 return conn
             conn.close()
         sock = socket.create_connection((self._host, self._port), timeout=self._connect_timeout)
@@ -101,6 +102,15 @@ class UpstreamClient:
             sock.close()
             raise
         return _Connection(sock, self.poller, self._tls is not None)
+
+    def _readable(self, fd: int) -> bool:
+        """Whether `fd` has bytes (or an end, or an error) waiting, without waiting."""
+        probe = self._probe
+        probe.register(fd, select.POLLIN)
+        try:
+            return bool(probe.poll(0))
+        finally:
+            probe.unregister(fd)
 
     def release(self, conn: _Connection) -> None:
         self.poller.forget(conn.fd)

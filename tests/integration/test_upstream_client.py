@@ -4,6 +4,8 @@ timeouts through the batch poller, a close from another greenlet waking a blocke
 
 from __future__ import annotations
 
+import os
+import resource
 import socket
 import subprocess
 import time
@@ -77,6 +79,40 @@ def test_a_connection_that_died_while_idle_is_replaced_without_a_retry(llm_serve
     assert text.startswith("{")
     assert journal(llm_server, "Stale two")["outcome"] == "completed"
     c.close()
+
+
+@contextmanager
+def _descriptors_taken(count: int) -> Iterator[None]:
+    """`count` descriptors held (/dev/null), so that the next sockets get numbers past them."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < count + 256:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(count + 256, hard), hard))
+    held = [os.open(os.devnull, os.O_RDONLY) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_an_idle_connection_past_descriptor_1024_is_checked_then_reused_or_replaced(llm_server):
+    """select() refused such a descriptor (ValueError), which a worker holding its clients' keep-alive
+    connections reaches: the generation failed."""
+    with _descriptors_taken(1100):
+        c = client(llm_server)
+        run(read_all, c.stream(payload("High descriptor one")))
+        gevent.sleep(0.3)
+        (idle,) = c._idle
+        assert idle.fd > 1024
+        assert run(read_all, c.stream(payload("High descriptor two")))[0].startswith("{")
+        gevent.sleep(0.3)
+        assert c._idle == [idle]  # found clean, reused
+        idle.sock.shutdown(socket.SHUT_RDWR)  # as if the server had closed it
+        assert run(read_all, c.stream(payload("High descriptor three")))[0].startswith("{")
+        gevent.sleep(0.3)
+        assert len(c._idle) == 1 and c._idle[0] is not idle  # found readable, replaced
+        c.close()
 
 
 def test_silence_is_reported_then_times_out(llm_server):

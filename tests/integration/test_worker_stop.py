@@ -1,6 +1,7 @@
 """A stopping worker closes idle keep-alive connections at once (app.transport.worker): behind nginx,
 which keeps idle connections to each worker, an idle gateway stops in seconds, and a reload loses no
-request."""
+request. A stop logs no traceback: not for the idle connections it closes, not for a stream it lets
+finish, not at the workers' exit, not while the workers are still starting."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import pytest
 
 from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
 from tests.integration.helpers import body
-from tests.procs import free_port, gunicorn_args, server
+from tests.procs import ROOT, _die_with_parent, free_port, gunicorn_args, server, stop
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +83,88 @@ def test_a_reload_behind_nginx_loses_no_request(llm_server, tmp_path):
         left = old & {w.pid for w in psutil.Process(proc.pid).children()}
     assert statuses == [200] * 30, statuses
     assert not left, "the old workers did not stop"
+
+
+# What an operator reads as a crash. Each came with every stop: gevent's socket.shutdown throwing into the
+# reader of an idle connection being closed ("Socket error processing request" and its traceback); the
+# interpreter's exit freeing a logging handler under gevent's lock ("Exception ignored in:
+# <function _removeHandlerRef>"); a SIGTERM during a worker's import ("Exception in worker process").
+NOISE = ("Traceback", "Exception ignored", "Socket error", "Exception in worker process")
+
+
+def _kept_alive(port: int) -> socket.socket:
+    """A connection that has had one whole answer and now waits for its next request."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    reply = b""
+    while not reply.endswith(b"}\n"):  # {"status":"ok"}
+        data = sock.recv(4096)
+        assert data, reply
+        reply += data
+    assert reply.startswith(b"HTTP/1.1 200")
+    return sock
+
+
+def test_a_stop_with_a_stream_running_and_idle_connections_logs_no_traceback(llm_server, tmp_path):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    log = tmp_path / "gunicorn.log"
+    env = gateway_env(llm_server, tmp_path)
+    with server(gunicorn_args(port, workers=2), health_url=f"{url}/readyz", log=log, env=env) as proc:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            assert [client.get("/v1/models").status_code for _ in range(5)] == [200] * 5
+        idle = [_kept_alive(port) for _ in range(4)]
+        fresh = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]  # nothing sent
+        try:
+            topic = "Clean stop [[sections:2]][[pace:100]]"
+            with httpx.stream(
+                "POST", f"{url}/v1/chat/completions", json=body(topic, stream=True), timeout=60
+            ) as r:
+                chunks = r.iter_raw()
+                raw = next(chunks)  # the role chunk: the generation runs
+                os.kill(proc.pid, signal.SIGTERM)
+                raw += b"".join(chunks)
+            proc.wait(60)
+            assert [s.recv(4096) for s in idle + fresh] == [b""] * 6  # each closed by its worker
+        finally:
+            for s in idle + fresh:
+                s.close()
+    assert proc.returncode == 0
+    assert raw.endswith(b"data: [DONE]\n\n") and b'"finish_reason":"stop"' in raw  # finished, not cut
+    text = log.read_text()
+    assert text.count("Worker exiting") == 2
+    for noise in NOISE:
+        assert noise not in text, text[-4000:]
+
+
+def test_a_stop_while_the_workers_are_starting_logs_no_traceback(llm_server, tmp_path):
+    log = tmp_path / "gunicorn.log"
+    env = {**os.environ, **gateway_env(llm_server, tmp_path)}
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            gunicorn_args(free_port(), workers=2),
+            cwd=ROOT,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # each worker is importing the app (seconds: MetaGPT)
+        assert "Worker exiting" not in log.read_text()
+        sent = time.monotonic()
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(60)
+        stopped = time.monotonic() - sent
+    finally:
+        stop(proc)
+    text = log.read_text()
+    assert proc.returncode == 0, text[-4000:]
+    assert stopped < 30, f"{stopped:.0f} s: a worker missed the SIGTERM and waited for its SIGKILL"
+    assert text.count("Worker exiting") == 2
+    for noise in NOISE:
+        assert noise not in text, text[-4000:]
