@@ -8,6 +8,8 @@
 #   mmdebstrap                 builds the stand-in base images from Debian packages (no registry here)
 #   iptables, ip (iproute2)    dockerd's networking, and the test's clean-up of what dockerd leaves;
 #                              ip also makes the multi-host tests' network namespaces (tests/fleet)
+#   nft (nftables)             that clean-up: deletes the nf_tables tables dockerd created through
+#                              iptables-nft (no iptables command removes a table)
 #   redis-server               the shared store of the global generation limit, in tests/fleet
 #   chromium, chromedriver     the browser the studio's tests drive through Selenium (tests/browser)
 # Idempotent: when every command is present it exits at once, without touching apt.
@@ -24,6 +26,7 @@ declare -A PACKAGE_OF=(
   [dockerd]=docker.io
   [mmdebstrap]=mmdebstrap
   [iptables]=iptables
+  [nft]=nftables
   [ip]=iproute2
   [redis-server]=redis-server
   [chromium]=chromium

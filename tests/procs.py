@@ -54,22 +54,28 @@ def server(
     cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run `args` in `cwd` until the block ends; its output goes to `log`."""
-    full_env = {**os.environ, **(env or {})}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            args,
-            cwd=cwd,
-            env=full_env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            start_new_session=True,
-        )
+    proc = spawn(args, log=log, env=env, cwd=cwd)
     try:
         wait_http(health_url, proc, startup_timeout, log)
         yield proc
     finally:
         stop(proc)
+
+
+def spawn(
+    args: list[str], *, log: Path, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.Popen[bytes]:
+    """Start `args` in `cwd` in a session of its own that dies with this process; output to `log`."""
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            args,
+            cwd=cwd,
+            env={**os.environ, **(env or {})},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
+            start_new_session=True,
+        )
 
 
 def stop(proc: subprocess.Popen[bytes], grace: float = 15) -> None:

@@ -1,7 +1,8 @@
 """A private Docker engine for the compose end-to-end test: Debian's dockerd with all its state (data root,
 exec root, socket, pidfile) in one folder of the test's, never the system's. Stopping it removes what it
-made: containers, volumes and networks first, then its bridge, its iptables rules and chains, and its
-folder (see ../../../shared/notes/containers.md for the facts this relies on)."""
+made: containers, volumes and networks first, then it puts the host back as it was before the engine
+started (host.py: firewall, kernel settings, links, mounts), and removes its folder (see
+../../../shared/notes/containers.md for the facts this relies on)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+
+from tests.container import host
+from tests.container.host import HostState
 
 # Addresses the engine's bridges take: the default bridge, then one /24 per compose network. Private
 # ranges this machine does not use (checked at start).
@@ -36,35 +40,8 @@ def _docker_cli() -> str:
     return "/usr/bin/docker" if Path("/usr/bin/docker").exists() else "docker"
 
 
-def _iptables_rules() -> dict[str, list[str]]:
-    return {
-        table: subprocess.run(["iptables", "-t", table, "-S"], capture_output=True, text=True, check=True)
-        .stdout.strip()
-        .splitlines()
-        for table in ("filter", "nat")
-    }
-
-
 def _links() -> set[str]:
     return set(os.listdir("/sys/class/net"))
-
-
-@dataclass(frozen=True)
-class HostNetwork:
-    """What an engine changes on the host's network: iptables rules and chains, and links (bridges, veths)."""
-
-    rules: dict[str, list[str]]
-    links: frozenset[str]
-
-    @classmethod
-    def now(cls) -> HostNetwork:
-        return cls(_iptables_rules(), frozenset(_links()))
-
-    def added_since(self, before: HostNetwork) -> list[str]:
-        found = [f"link {name}" for name in sorted(self.links - before.links)]
-        for table, rules in self.rules.items():
-            found += [f"iptables -t {table} {rule}" for rule in rules if rule not in set(before.rules[table])]
-        return found
 
 
 def engine_processes() -> list[psutil.Process]:
@@ -93,9 +70,10 @@ class Engine:
 def private_engine(state: Path, *, keep_images: bool = False) -> Iterator[Engine]:
     """Run dockerd with its state under `state` until the block ends. `keep_images` leaves the data root
     (the image cache) for the next run; everything else is removed either way."""
-    if shutil.which("dockerd") is None:
+    missing = [tool for tool in ("dockerd", "nft") if shutil.which(tool) is None]
+    if missing:
         raise RuntimeError(
-            "dockerd is not installed: run `make install` (scripts/install_os_deps.sh) as root"
+            f"not installed: {', '.join(missing)}; run `make install` (scripts/install_os_deps.sh) as root"
         )
     if "docker0" in _links() or engine_processes():
         raise RuntimeError("another Docker engine runs on this machine; the test starts its own")
@@ -104,8 +82,7 @@ def private_engine(state: Path, *, keep_images: bool = False) -> Iterator[Engine
     if taken:
         raise RuntimeError(f"this machine already uses addresses in {taken}: change them in {__file__}")
     state.mkdir(parents=True, exist_ok=True)
-    network_before = HostNetwork.now()
-    forward_before = Path("/proc/sys/net/ipv4/ip_forward").read_text()
+    host_before = HostState.now()
     socket = state / "docker.sock"
     env = {**os.environ, "DOCKER_HOST": f"unix://{socket}"}
     env.pop("DOCKER_CONTEXT", None)
@@ -121,6 +98,9 @@ def private_engine(state: Path, *, keep_images: bool = False) -> Iterator[Engine
             f"--default-ulimit=nofile={HARD_NOFILE}:{HARD_NOFILE}",
             f"--bip={BRIDGE_IP}",
             f"--default-address-pool={ADDRESS_POOL}",
+            # --ip-forward and --iptables stay on (the defaults): the builds reach PyPI through the bridge's
+            # NAT. Where forwarding was off, dockerd turns it on and sets the FORWARD policy to DROP, and
+            # leaves both when it stops: host.restore puts them back.
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -139,7 +119,7 @@ def private_engine(state: Path, *, keep_images: bool = False) -> Iterator[Engine
             _remove_everything(engine)
         _stop(proc)
         log.close()
-        _restore_network(network_before, forward_before)
+        host.restore(host_before, state=state)
         for leftover in state.iterdir():
             if leftover.name == "data" and keep_images:
                 continue
@@ -174,20 +154,3 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
     for p in left:
         with contextlib.suppress(psutil.Error):
             p.kill()
-
-
-def _restore_network(before: HostNetwork, forward: str) -> None:
-    """Delete the rules and chains dockerd added (it leaves them behind when it stops), and its bridges."""
-    now = HostNetwork.now()
-    for table, rules in now.rules.items():
-        old = set(before.rules[table])
-        for rule in rules:
-            if rule.startswith("-A ") and rule not in old:
-                subprocess.run(["iptables", "-t", table, "-D", *rule[3:].split()], check=False)
-        for rule in rules:
-            if rule.startswith("-N ") and rule not in old:
-                subprocess.run(["iptables", "-t", table, "-F", rule[3:]], check=False)
-                subprocess.run(["iptables", "-t", table, "-X", rule[3:]], check=False)
-    for link in now.links - before.links:
-        subprocess.run(["ip", "link", "delete", link], check=False, capture_output=True)
-    Path("/proc/sys/net/ipv4/ip_forward").write_text(forward)

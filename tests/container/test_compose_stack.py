@@ -30,7 +30,8 @@ import yaml
 
 from app.transport.worker import DRAIN_MARGIN
 from tests.container import standins
-from tests.container.engine import Engine, HostNetwork, engine_processes, private_engine
+from tests.container.engine import Engine, engine_processes, private_engine
+from tests.container.host import HostState
 from tests.integration.helpers import body, split_link
 from tests.procs import free_port
 
@@ -57,7 +58,7 @@ def _time(stamp: str) -> float:
 class Stack:
     engine: Engine
     url: str  # nginx's published port, on loopback
-    network_before: HostNetwork
+    host_before: HostState
     state: Path
     closing: contextlib.ExitStack
     env: dict[str, str] = field(default_factory=dict)
@@ -107,7 +108,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     # GATEWAY_E2E_STATE keeps the engine's image cache between runs (for development; CI starts cold).
     kept = os.environ.get("GATEWAY_E2E_STATE")
     state = Path(kept) if kept else tmp_path_factory.mktemp("compose")
-    network_before = HostNetwork.now()
+    host_before = HostState.now()
     with contextlib.ExitStack() as closing:
         engine = closing.enter_context(private_engine(state, keep_images=bool(kept)))
         (state / "empty.env").touch()  # never the project's own .env
@@ -126,7 +127,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             # Required by the file, though Grafana is not run.
             GRAFANA_ADMIN_PASSWORD=secrets.token_urlsafe(16),
         )
-        stack = Stack(engine, f"http://127.0.0.1:{port}", network_before, state, closing, env)
+        stack = Stack(engine, f"http://127.0.0.1:{port}", host_before, state, closing, env)
         standins.build(engine, state / "standins")
         stack.compose("build")
         stack.compose("up", "-d", *SERVICES)
@@ -324,8 +325,8 @@ def test_down_and_the_engines_stop_leave_nothing_behind(stack):
     ]
     stack.closing.close()  # stops the engine
     assert engine_processes() == []
-    assert HostNetwork.now().added_since(stack.network_before) == []
-    assert not [line for line in Path("/proc/mounts").read_text().splitlines() if str(stack.state) in line]
+    # The host as it was: every firewall table and policy, kernel settings, links, mounts, modules.
+    assert HostState.now().differences(stack.host_before) == []
     # Only the image cache, and only when asked to keep it.
     assert {p.name for p in stack.state.iterdir()} == (
         {"data"} if os.environ.get("GATEWAY_E2E_STATE") else set()

@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.conftest import Proxied, Stack, gateway_env, nginx_in_front
 from tests.integration.helpers import body
-from tests.procs import ROOT, _die_with_parent, free_port, gunicorn_args, server, stop
+from tests.procs import free_port, gunicorn_args, server, spawn, stop
 
 pytestmark = pytest.mark.integration
 
@@ -139,17 +139,7 @@ def test_a_stop_with_a_stream_running_and_idle_connections_logs_no_traceback(llm
 
 def test_a_stop_while_the_workers_are_starting_logs_no_traceback(llm_server, tmp_path):
     log = tmp_path / "gunicorn.log"
-    env = {**os.environ, **gateway_env(llm_server, tmp_path)}
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            gunicorn_args(free_port(), workers=2),
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            preexec_fn=_die_with_parent,
-            start_new_session=True,
-        )
+    proc = spawn(gunicorn_args(free_port(), workers=2), log=log, env=gateway_env(llm_server, tmp_path))
     try:
         deadline = time.monotonic() + 30
         while log.read_text().count("Booting worker") < 2 and time.monotonic() < deadline:
