@@ -87,6 +87,18 @@ def test_link_downloads_same_bytes_served_by_nginx(proxied):
     assert f"GET /download/{info['name']}" in (proxied.prefix / "access.log").read_text()
 
 
+def test_what_nginx_refuses_of_a_download_is_a_json_error(proxied):
+    s = stream_raw(proxied.url, body("Refused downloads [[pace:0]][[sections:1]]", stream=True))
+    url = s.chunks()[-1]["tutorial"]["url"]
+    for method in ("POST", "PUT", "DELETE", "OPTIONS", "PATCH"):
+        assert_json_error(httpx.request(method, url, timeout=10), 405, "method_not_allowed")
+    assert_json_error(
+        httpx.get(url, headers={"Range": "bytes=999999-"}, timeout=10), 416, "range_not_satisfiable"
+    )
+    assert_json_error(httpx.get(url, headers={"If-Match": '"nope"'}, timeout=10), 412, "precondition_failed")
+    assert httpx.get(url, headers={"Range": "bytes=0-9"}, timeout=10).status_code == 206  # ranges still work
+
+
 ATTACKS = [
     "/download/../secret.txt",
     "/download/..%2fsecret.txt",
@@ -219,6 +231,11 @@ def _raw(url: str, request: bytes) -> bytes:
             b"Connection: close\r\n\r\n0\r\n\r\n",
             501,
             "not_implemented",
+        ),
+        (
+            b"GET /v1/models HTTP/9.9\r\nHost: a\r\nConnection: close\r\n\r\n",
+            505,
+            "http_version_not_supported",
         ),
     ],
 )
