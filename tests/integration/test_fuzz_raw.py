@@ -51,6 +51,7 @@ class Reply:
     headers: dict[str, str]
     body: bytes
     raw: bytes
+    whole: bool = True  # the body is as long as the head said
 
 
 def exchange(port: int, request: bytes, half_close: bool = False, timeout: float = 30) -> Reply:
@@ -89,21 +90,25 @@ def exchange(port: int, request: bytes, half_close: bool = False, timeout: float
     for line in lines[1:]:
         name, _, value = line.partition(":")
         headers[name.strip().lower()] = value.strip()
+    whole = True
     if headers.get("transfer-encoding") == "chunked":
-        rest = dechunk(rest)
-    return Reply(int(match.group(1)), headers, rest, raw)
+        rest, whole = dechunk(rest)
+    elif "content-length" in headers and not request.startswith(b"HEAD "):  # HEAD: the length, no body
+        whole = len(rest) >= int(headers["content-length"])
+    return Reply(int(match.group(1)), headers, rest, raw, whole)
 
 
-def dechunk(data: bytes) -> bytes:
+def dechunk(data: bytes) -> tuple[bytes, bool]:
+    """The body, and whether its last chunk came."""
     out = []
     while data:
         size_line, _, data = data.partition(b"\r\n")
         size = int(size_line.split(b";")[0], 16)
         if size == 0:
-            break
+            return b"".join(out), True
         out.append(data[:size])
         data = data[size + 2 :]
-    return b"".join(out)
+    return b"".join(out), False
 
 
 # -- the cases ---------------------------------------------------------------------------------------
@@ -289,10 +294,8 @@ def case(rng: random.Random, keyed: bool) -> tuple[bytes, bool]:
             whole = b"%x\r\n%s\r\n0\r\n\r\n" % (len(raw), raw)
             chunked = rng.choice([whole, b"zz\r\n" + raw + b"\r\n0\r\n\r\n", whole[:-5], b"-1\r\n\r\n"])
             head = b"POST %s HTTP/1.1\r\nHost: fuzz\r\nTransfer-Encoding: chunked\r\n" % path.encode()
-            return (
-                head + b"Content-Type: " + ctype + b"\r\n" + auth + b"Connection: close\r\n\r\n" + chunked,
-                True,
-            )
+            head += b"Content-Type: " + ctype + b"\r\n" + auth + b"Connection: close\r\n\r\n"
+            return head + chunked, chunked == whole[:-5]
         length = len(raw) + rng.choice([0] * 9 + [5])  # now and then a body shorter than it says
         head = b"POST %s HTTP/1.1\r\nHost: fuzz\r\nContent-Length: %d\r\n" % (path.encode(), length)
         head += b"Content-Type: " + ctype + b"\r\n" + auth + b"Connection: close\r\n\r\n"
@@ -342,7 +345,7 @@ def check(request: bytes, cut: bool, reply: Reply, problems: list[str], unanswer
     def problem(what: str) -> None:
         problems.append(f"{what}: {request[:200]!r} -> {reply.raw[:300]!r}")
 
-    if reply.status == 0:  # closed without an answer: right for a request cut short, else counted
+    if reply.status == 0 or not reply.whole:  # cut off: right for a request cut short, else counted
         if not cut:
             unanswered.append(request[:200])
         return
