@@ -18,8 +18,8 @@ from pathlib import Path
 
 import psutil
 
-from tests.container import host
-from tests.container.host import HostState
+from tests import host_state as host
+from tests.host_state import HostState
 
 # Addresses the engine's bridges take: the default bridge, then one /24 per compose network. Private
 # ranges this machine does not use (checked at start).

@@ -31,7 +31,7 @@ import yaml
 from app.transport.worker import DRAIN_MARGIN
 from tests.container import standins
 from tests.container.engine import Engine, engine_processes, private_engine
-from tests.container.host import HostState
+from tests.host_state import HostState
 from tests.integration.helpers import body, split_link
 from tests.procs import free_port
 

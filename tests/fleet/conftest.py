@@ -19,6 +19,7 @@ from tests.fleet.gateways import Fleet, fleet
 from tests.fleet.network import Network
 from tests.fleet.relay import StallingRelay
 from tests.fleet.services import S3, Prometheus, Redis, llm
+from tests.host_state import HostState
 
 HOSTS = 3
 API_KEY = "fleet-test-key-0123456789"
@@ -55,6 +56,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Root]:
     if _why_not is not None:  # every fleet test needs this fixture: all of them are skipped
         pytest.skip(f"the fleet tests need root: {_why_not}")
     network.remove_leftovers()
+    before = HostState.now()
     net = Network(HOSTS)
     folder = tmp_path_factory.mktemp("fleet")
     stops: list[Callable[[], None]] = []
@@ -88,6 +90,10 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Root]:
     finally:
         teardown()
         atexit.unregister(teardown)
+    # What the fleet makes: links, namespaces and their mounts (/run/netns). The whole session runs in
+    # between (this fixture ends last), so the kernel's settings are the container tests' to compare.
+    left = [d for d in HostState.now().differences(before) if d.startswith(("link ", "mount "))]
+    assert not left, f"the fleet tests left the host changed: {left[:10]}"
 
 
 @pytest.fixture(scope="session")

@@ -117,6 +117,13 @@ def remove_leftovers() -> None:
             _remove(tag)
 
 
+NETNS_DIR = "/run/netns"
+
+
+def _mounted(path: str) -> bool:
+    return any(line.split()[1] == path for line in Path("/proc/mounts").read_text().splitlines())
+
+
 def _free_subnet(first: int) -> str:
     """A 10.77.N.0/24 that no route or address of this machine touches yet."""
     used = ip("-4", "route", "show", "table", "all") + ip("-4", "addr", "show")
@@ -135,6 +142,9 @@ class Network:
         self.base = _free_subnet(os.getpid())
         self.bridge = f"{LINK_PREFIX}{self.tag}b"
         self.bridge_ip = f"{self.base}.1"
+        # `ip netns add` mounts /run/netns on itself the first time (to share the namespaces' mounts) and
+        # leaves it: `destroy` takes it away again when it was not there before and no namespace is left.
+        self.netns_dir_mounted = _mounted(NETNS_DIR)
         self.hosts = [
             Host(
                 index=n,
@@ -161,3 +171,5 @@ class Network:
 
     def destroy(self) -> None:
         _remove(self.tag)
+        if not self.netns_dir_mounted and _mounted(NETNS_DIR) and not ip("netns", "list").strip():
+            subprocess.run(["umount", NETNS_DIR], check=False)
